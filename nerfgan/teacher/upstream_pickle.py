@@ -270,6 +270,8 @@ class _StorageUnpickler(pickle.Unpickler):
 def _load_one(unpickler: type[pickle.Unpickler], data: bytes, pos: int, forbidden: frozenset[str]
               ) -> tuple[Any, int]:
     """Pre-scan the pickle starting at ``pos`` with pickletools, then unpickle it; returns (obj, end)."""
+    if data[pos:pos + 1] != pickle.PROTO:
+        raise _Rejected("not a pickle (no protocol header)")
     stream = io.BytesIO(data)
     stream.seek(pos)
     count = 0
@@ -277,7 +279,7 @@ def _load_one(unpickler: type[pickle.Unpickler], data: bytes, pos: int, forbidde
         for op, arg, _ in pickletools.genops(stream):
             count += 1
             if op.name in forbidden:
-                raise _Rejected(f"forbidden pickle opcode {op.name}")
+                raise _Rejected(f"not an EG3D snapshot: forbidden pickle opcode {op.name}")
             if op.name in _PUT_OPS and not 0 <= int(arg) <= count:
                 raise _Rejected(f"pickle memo index {_quote(arg)} out of range")
     except (ValueError, struct.error) as exc:

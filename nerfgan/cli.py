@@ -1,0 +1,153 @@
+"""Command line: ``nerfgan teacher {import,render,verify}``.
+
+A user's mistake (NerfganError) is printed on one line without a traceback and exits with the
+error's code (1, or 2 for usage errors); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+import click
+
+from nerfgan.errors import NerfganError, UsageError
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return name
+
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="Where to run.")
+
+
+@click.group()
+@click.version_option(package_name="nerfgan")
+def cli() -> None:
+    """nerfgan: EG3D teacher, convolutional student, export and runtime."""
+
+
+@cli.group()
+def teacher() -> None:
+    """The EG3D teacher: import upstream checkpoints, render, verify against upstream renders."""
+
+
+@teacher.command("verify")
+@click.argument("reference", type=click.Path(dir_okay=False))
+@DEVICE
+def teacher_verify(reference: str, device: str) -> None:
+    """Render REFERENCE.npz's recorded inputs and compare with its upstream outputs.
+
+    Prints the max absolute error of each output against its tolerance; exits 0 when all are
+    within, 1 otherwise.
+    """
+    from nerfgan.teacher.reference import verify_reference
+
+    checks = verify_reference(reference, device=_device(device))
+    click.echo(f"{'output':<15} {'max abs error':>14} {'tolerance':>10}  result")
+    for c in checks:
+        click.echo(f"{c.name:<15} {c.max_abs_error:>14.3e} {c.tolerance:>10.0e}  {'ok' if c.ok else 'FAIL'}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        click.echo(f"{reference}: {len(failed)} output(s) outside tolerance: {', '.join(failed)}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"{reference}: all {len(checks)} outputs within tolerance")
+
+
+@teacher.command("import")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="TEACHER.safetensors to write.")
+@click.option("--which", type=click.Choice(["G_ema", "G"]), default="G_ema", show_default=True,
+              help="Which generator of the snapshot to convert.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and write nothing.")
+def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> None:
+    """Convert an upstream EG3D snapshot CHECKPOINT.pkl to a safetensors teacher (nothing in it is executed)."""
+    from nerfgan.errors import CheckpointError, ConfigError
+    from nerfgan.teacher.checkpoint import build_teacher, save_teacher
+    from nerfgan.teacher.config import TeacherConfig
+    from nerfgan.teacher.upstream_pickle import read_upstream_snapshot
+
+    snap = read_upstream_snapshot(checkpoint, which=which)
+    try:
+        config = TeacherConfig.from_upstream(snap.init_kwargs, snap.neural_rendering_resolution, source=checkpoint)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if dry_run:
+        click.echo(config.to_json())
+        return
+    model = build_teacher(config, snap.state_dict, source=f"{checkpoint} [{which}]")
+    save_teacher(model, output, extra_metadata={"source": str(checkpoint), "source_entry": which})
+    n = sum(v.numel() for v in model.state_dict().values())
+    click.echo(f"wrote {output}: {len(snap.state_dict)} tensors, {n:,} values, "
+               f"{config.img_resolution}px SuperresolutionHybrid{config.rendering.superresolution}, "
+               f"neural rendering {config.neural_rendering_resolution}px")
+
+
+@teacher.command("render")
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="TEACHER.safetensors.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
+@click.option("--pose", "pose_text", default="0,0", show_default=True,
+              help="YAW,PITCH[,RADIUS]: degrees from the frontal view; +yaw moves the camera to the subject's "
+                   "left (world +x), +pitch moves it up. Radius defaults to the checkpoint's.")
+@click.option("--truncation", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True, help="Truncation psi.")
+@click.option("--fov", type=click.FloatRange(1.0, 120.0), default=None,
+              help="Diagonal field of view in degrees (default: focal 4.2647, about 18.8 degrees).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image to write (.png).")
+@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth map (.png, near = bright).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved cameras and config, render nothing.")
+@DEVICE
+def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov: float | None, output: str,
+                   depth: str | None, dry_run: bool, device: str) -> None:
+    """Render one view of one seed: a newcomer's first picture."""
+    from nerfgan import camera
+    from nerfgan.io import depth_to_uint8, save_png, to_uint8
+    from nerfgan.teacher.checkpoint import load_teacher
+    from nerfgan.teacher.sample import cameras_for, render_view
+
+    yaw, pitch, radius = camera.parse_pose(pose_text)
+    for path in [output] + ([depth] if depth else []):
+        if not path.lower().endswith(".png"):
+            raise UsageError(f"{path}: output must be a .png file")
+    model = load_teacher(ckpt, device=_device(device))
+    if dry_run:
+        c, c_cond = cameras_for(model, yaw, pitch, radius, fov)
+        click.echo(json.dumps({"seed": seed, "yaw_deg": yaw, "pitch_deg": pitch, "truncation": truncation,
+                               "render_camera": c.tolist(), "conditioning_camera": c_cond.tolist(),
+                               "teacher": json.loads(model.config.to_json())}, indent=1))
+        return
+    out = render_view(model, seed, yaw, pitch, radius, fov, truncation)
+    save_png(output, to_uint8(out.image[0].cpu().numpy()))
+    click.echo(f"wrote {output} ({out.image.shape[-1]}x{out.image.shape[-2]})")
+    if depth:
+        save_png(depth, depth_to_uint8(out.image_depth[0].cpu().numpy()))
+        click.echo(f"wrote {depth} ({out.image_depth.shape[-1]}x{out.image_depth.shape[-2]})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``nerfgan`` command."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="nerfgan", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except NerfganError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""nerfgan's own teacher file: safetensors weights + the config as JSON metadata.
+
+Nothing here unpickles. Upstream ``.pkl`` snapshots are converted once by
+:mod:`nerfgan.teacher.upstream_pickle` (``nerfgan teacher import``); reference ``.npz`` files
+are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+import nerfgan
+from nerfgan.errors import CheckpointError, ConfigError
+from nerfgan.io import atomic_path, existing_file
+from nerfgan.teacher.config import TeacherConfig
+from nerfgan.teacher.generator import EG3D
+
+FORMAT = "nerfgan-teacher"
+FORMAT_VERSION = "1"
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming ``source`` unless ``state`` has exactly the model's keys and shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensor(s): {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    if wrong:
+        problems.append("wrong shape(s): " + ", ".join(f"{k} {got[k]} (expected {expected[k]})" for k in wrong[:5]))
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the config: " + "; ".join(problems))
+
+
+def build_teacher(config: TeacherConfig, state: Mapping[str, torch.Tensor] | None = None, source: str = "weights") -> EG3D:
+    """An eval-mode EG3D for ``config``, with ``state`` loaded after a full key/shape check."""
+    model = EG3D(config).eval().requires_grad_(False)
+    if state is not None:
+        check_state_dict(model, state, source)
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    return model
+
+
+def save_teacher(model: EG3D, path: str | os.PathLike[str], extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s weights and config to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nerfgan_version": nerfgan.__version__,
+            "config": model.config.to_json()}
+    meta.update(extra_metadata or {})
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_teacher_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a teacher file (raises CheckpointError if it is not one)."""
+    from safetensors import safe_open
+
+    p = existing_file(path, "teacher checkpoint")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for any malformed header
+        raise CheckpointError(f"{p}: not a safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a nerfgan teacher file (metadata format={meta.get('format')!r}; "
+                              "convert upstream pickles with `nerfgan teacher import`)")
+    return meta
+
+
+def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EG3D:
+    """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta = read_teacher_metadata(p)
+    try:
+        config = TeacherConfig.from_json(meta["config"], source=str(p))
+    except KeyError:
+        raise CheckpointError(f"{p}: metadata has no 'config'") from None
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        state = load_file(str(p))
+    except Exception as e:
+        raise CheckpointError(f"{p}: cannot read tensors ({e})") from None
+    return build_teacher(config, state, source=str(p)).to(device)
