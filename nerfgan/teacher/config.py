@@ -25,8 +25,6 @@ SUPERRESOLUTION_MODULES = {
 # (output resolution each module asserts)
 SUPERRESOLUTION_OUTPUT = {"2X": 128, "4X": 256, "8X": 512, "8XDC": 512}
 
-# rendering_kwargs keys that only matter for training; kept verbatim so they round-trip.
-_TRAINING_ONLY = ("gpc_reg_prob", "density_reg", "density_reg_p_dist", "reg_type")
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class TeacherConfig:
                    "ray_start", "ray_end", "box_warp", "avg_camera_radius", "avg_camera_pivot", "white_back",
                    "c_gen_conditioning_zero", "c_scale", "superresolution_noise_mode", "sr_antialias",
                    "disparity_space_sampling", "clamp_mode", "decoder_lr_mul", "density_noise"}
-        extra = tuple((k, rk[k]) for k in rk if k not in handled)
+        extra = tuple(sorted((k, rk[k]) for k in rk if k not in handled))
         try:
             rendering = RenderingConfig(
                 image_resolution=int(rk["image_resolution"]),
@@ -234,3 +232,24 @@ class TeacherConfig:
 
     def replace(self, **changes: Any) -> "TeacherConfig":
         return dataclasses.replace(self, **changes)
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in teacher configs: the four official EG3D generators and 'tiny'."""
+    return sorted(_presets())
+
+
+def preset(name: str) -> TeacherConfig:
+    """A built-in config: 'ffhq512-128', 'ffhq512-64', 'afhqcats512-128', 'shapenetcars128-64'
+    (the official models' constructor kwargs) or 'tiny' (the shared fixture's 128px generator)."""
+    presets = _presets()
+    if name not in presets:
+        raise ConfigError(f"unknown teacher preset {name!r}; choose one of {', '.join(sorted(presets))}")
+    p = presets[name]
+    return TeacherConfig.from_upstream(p["init_kwargs"], p["neural_rendering_resolution"], source=f"preset {name}")
+
+
+def _presets() -> dict[str, Any]:
+    from importlib.resources import files
+
+    return json.loads(files("nerfgan.teacher").joinpath("presets.json").read_text())

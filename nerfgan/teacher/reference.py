@@ -11,8 +11,10 @@ Rendering is deterministic with backbone noise 'const', so the comparison is exa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,11 +145,24 @@ def compare(ref: Reference, rendered: dict[str, np.ndarray]) -> list[Check]:
     return checks
 
 
+@contextlib.contextmanager
+def strict_float32() -> Iterator[None]:
+    """Disable TF32 in cuDNN convolutions and cuBLAS matmuls (on by default for convolutions),
+    so a CUDA render is float32 like upstream's reference renders."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def verify_reference(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> list[Check]:
-    """Build the reference's teacher from its own weights, render its inputs, compare every output."""
+    """Build the reference's teacher from its own weights, render its inputs in strict float32, compare every output."""
     ref = read_reference(path)
     model = build_teacher(ref.config, ref.state, source=str(ref.path)).to(device)
-    return compare(ref, render_reference(ref, model, device))
+    with strict_float32():
+        return compare(ref, render_reference(ref, model, device))
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Tests for nerfgan.teacher.upstream_pickle: exact import of the fixture, refusal of hostile files."""
+"""Tests for nerfgan.teacher.upstream_pickle: exact import of the fixture, hostile files refused."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ PKL = FIXTURES / "eg3d_tiny_sr128.pkl"
 NPZ = FIXTURES / "eg3d_tiny_sr128.npz"
 BUFFER_SUFFIXES = ("resample_filter", "noise_const", "w_avg", "dataset_label_std")
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+REBUILD_TENSOR = torch._utils._rebuild_tensor_v2  # pickled by name only: the loader's stand-in runs
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def _unicode(text: str) -> bytes:
 
 def legacy_blob(values: np.ndarray, storage_global: bytes = b"ctorch\nFloatStorage\n",
                 numel: int | None = None) -> bytes:
-    """A legacy (non-zip) torch.save stream of one storage, as torch.storage._load_from_bytes reads."""
+    """A legacy (non-zip) torch.save stream of one storage, what _load_from_bytes reads."""
     info = {"protocol_version": 1001, "little_endian": True,
             "type_sizes": {"short": 2, "int": 4, "long": 4}}
     n = values.size if numel is None else numel
@@ -114,8 +115,8 @@ def upstream_names(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util.EasyDict = EasyDict
+    setattr(persistence, "_reconstruct_persistent_obj", _reconstruct_persistent_obj)
+    setattr(util, "EasyDict", EasyDict)
     for name, module in [("torch_utils", pkg), ("torch_utils.persistence", persistence),
                          ("dnnlib", dnnlib), ("dnnlib.util", util)]:
         monkeypatch.setitem(sys.modules, name, module)
@@ -170,7 +171,8 @@ def test_synthetic_generator_walks_modules_in_torch_order(tmp_path: Path, upstre
     g = read_upstream_snapshot(write(tmp_path / "syn.pkl", {"G": gen, "G_ema": gen}))
     assert not sentinel.exists()
     assert list(g.state_dict) == ["dataset_label_std", "b.weight", "b.filt"]
-    assert torch.equal(g.state_dict["b.weight"], weight.t()) and g.state_dict["b.weight"].is_contiguous()
+    assert torch.equal(g.state_dict["b.weight"], weight.t())
+    assert g.state_dict["b.weight"].is_contiguous()
     assert g.init_kwargs == {"z_dim": 8, "gain": 0.5, "sub": {"pivot": [0, 0, 0.2]}}
     assert g.neural_rendering_resolution == 32
 
@@ -196,7 +198,8 @@ def test_protocol0_global_os_system_is_refused(tmp_path: Path) -> None:
 def test_builtins_exec_is_refused(tmp_path: Path) -> None:
     sentinel = tmp_path / "SENTINEL"
     code = f"open({str(sentinel)!r}, 'w').write('ran')"
-    expect_rejected(write(tmp_path / "exec.pkl", {"G_ema": Reduce(builtins.exec, code)}), "builtins.exec")
+    path = write(tmp_path / "exec.pkl", {"G_ema": Reduce(builtins.exec, code)})
+    expect_rejected(path, "builtins.exec")
     assert not sentinel.exists()
 
 
@@ -216,7 +219,8 @@ def test_malicious_module_src_never_runs(tmp_path: Path, upstream_names) -> None
 
 
 @pytest.mark.parametrize("change", [{"version": 99}, {"type": "function"}, {"extra": 1}])
-def test_persistent_meta_of_unknown_shape_is_refused(tmp_path: Path, upstream_names, change) -> None:
+def test_persistent_meta_of_unknown_shape_is_refused(tmp_path: Path, upstream_names,
+                                                     change: dict) -> None:
     gen = persistent(upstream_names, "TriPlaneGenerator", module_state(), **change)
     expect_rejected(write(tmp_path / "meta.pkl", {"G_ema": gen}), "persistent object")
 
@@ -225,28 +229,44 @@ def test_storage_blob_with_forbidden_global_is_refused(tmp_path: Path) -> None:
     sentinel = tmp_path / "SENTINEL"
     blob = legacy_blob(np.ones(1, np.float32), storage_global=b"cos\nsystem\n")
     evil = pickle.dumps(Reduce(os.system, f"touch {sentinel}"), protocol=2)
-    blob2 = blob.replace(pickle.dumps(["key0"], 2), evil)
+    blob2 = legacy_blob(np.ones(1, np.float32)).replace(pickle.dumps(["key0"], 2), evil)
     for name, data in [("a", blob), ("b", blob2)]:
         storage = Reduce(torch.storage._load_from_bytes, data)
-        tensor = Reduce(torch._utils._rebuild_tensor_v2, storage, 0, (1,), (1,), False, OrderedDict())
-        expect_rejected(write(tmp_path / f"{name}.pkl", {"G_ema": tensor}), "system", "storage blob")
+        tensor = Reduce(REBUILD_TENSOR, storage, 0, (1,), (1,), False, OrderedDict())
+        path = write(tmp_path / f"{name}.pkl", {"G_ema": tensor})
+        expect_rejected(path, "system", "storage blob")
     assert not sentinel.exists()
 
 
-def test_storage_blob_sizes_are_validated(tmp_path: Path) -> None:
-    good = legacy_blob(np.arange(4, dtype=np.float32))
-    cases = {
-        "short": good[:-1],
-        "numel": legacy_blob(np.arange(4, dtype=np.float32), numel=5),
-        "huge_view": None,
-        "out_of_range": None,
-    }
-    views = {"huge_view": ((10**6, 10**6), (0, 0), 0), "out_of_range": ((2,), (1,), 3)}
-    for name, blob in cases.items():
-        size, stride, offset = views.get(name, ((4,), (1,), 0))
-        storage = Reduce(torch.storage._load_from_bytes, blob if blob is not None else good)
-        tensor = Reduce(torch._utils._rebuild_tensor_v2, storage, offset, size, stride, False, OrderedDict())
-        expect_rejected(write(tmp_path / f"{name}.pkl", {"G_ema": tensor}))
+GOOD_BLOB = legacy_blob(np.arange(4, dtype=np.float32))
+
+
+@pytest.mark.parametrize("blob, size, stride, offset, needle", [
+    (GOOD_BLOB, (4,), (1,), 0, "is Tensor, expected"),  # control: a valid tensor
+    (GOOD_BLOB[:-1], (4,), (1,), 0, "15 data bytes"),
+    (legacy_blob(np.arange(4, dtype=np.float32), numel=5), (4,), (1,), 0, "expected 5 x 4"),
+    (GOOD_BLOB, (10**6, 10**6), (0, 0), 0, "does not fit"),
+    (GOOD_BLOB, (2,), (1,), 3, "does not fit"),
+    (GOOD_BLOB, (2,), (-1,), 1, "tensor stride -1"),
+], ids=["control", "short", "numel", "huge_view", "out_of_range", "negative_stride"])
+def test_storage_blob_sizes_are_validated(tmp_path: Path, blob: bytes, size: tuple, stride: tuple,
+                                          offset: int, needle: str) -> None:
+    storage = Reduce(torch.storage._load_from_bytes, blob)
+    tensor = Reduce(REBUILD_TENSOR, storage, offset, size, stride, False, OrderedDict())
+    expect_rejected(write(tmp_path / "view.pkl", {"G_ema": tensor}), needle)
+
+
+@pytest.mark.parametrize("target", [b"torch._utils\n_rebuild_parameter", b"dnnlib.util\nEasyDict",
+                                    b"training.triplane\nOSGDecoder", b"numpy\ndtype",
+                                    b"numpy._core.multiarray\nscalar"],
+                         ids=lambda target: target.decode().replace("\n", "."))
+def test_build_cannot_modify_allow_listed_globals(tmp_path: Path, target: bytes) -> None:
+    # GLOBAL target; BUILD (None, {'__defaults__': (1,)}): would setattr on the stand-in itself.
+    data = b"\x80\x02c" + target + b"\nN}" + _unicode("__defaults__") + b"K\x01\x85s\x86b."
+    path = tmp_path / "build.pkl"
+    path.write_bytes(data)
+    expect_rejected(path)
+    assert read_upstream_snapshot(PKL).neural_rendering_resolution == 64  # nothing was poisoned
 
 
 def test_outer_persistent_id_and_huge_lengths_are_refused(tmp_path: Path) -> None:
@@ -293,7 +313,8 @@ def test_dict_without_g_ema(tmp_path: Path) -> None:
 
 def test_g_ema_not_a_triplane_generator(tmp_path: Path, upstream_names) -> None:
     other = persistent(upstream_names, "DualDiscriminator", module_state())
-    expect_rejected(write(tmp_path / "d.pkl", {"G_ema": other}), "DualDiscriminator", "TriPlaneGenerator")
+    path = write(tmp_path / "d.pkl", {"G_ema": other})
+    expect_rejected(path, "DualDiscriminator", "TriPlaneGenerator")
     expect_rejected(write(tmp_path / "n.pkl", {"G_ema": None}), "'G_ema'", "TriPlaneGenerator")
 
 
