@@ -92,7 +92,8 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
 
 
 @teacher.command("render")
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="TEACHER.safetensors.")
+@click.option("--ckpt", default="tiny", show_default=True,
+              help="TEACHER.safetensors, or the name of a built-in teacher ('tiny': the shared fixture's generator).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view; +yaw moves the camera to the subject's "

@@ -68,7 +68,7 @@ def read_teacher_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The metadata of a teacher file (raises CheckpointError if it is not one)."""
     from safetensors import safe_open
 
-    p = existing_file(path, "teacher checkpoint")
+    p = existing_file(resolve_teacher_path(path), "teacher checkpoint")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -80,11 +80,27 @@ def read_teacher_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return meta
 
 
+# Teachers shipped inside the package, by name. "tiny" is the shared upstream fixture's generator
+# (128px output from 64px rendering, perturbed random weights: a semi-transparent abstract scene,
+# not a trained face), converted from its upstream pickle with `nerfgan teacher import`.
+BUILTIN_TEACHERS = {"tiny": "tiny_teacher.safetensors"}
+
+
+def resolve_teacher_path(path_or_name: str | os.PathLike[str]) -> Path:
+    """A file path as given, or the packaged file of a built-in teacher name (see BUILTIN_TEACHERS)."""
+    p = Path(path_or_name)
+    if not p.exists() and str(path_or_name) in BUILTIN_TEACHERS:
+        from importlib.resources import files
+
+        return Path(str(files("nerfgan.data").joinpath(BUILTIN_TEACHERS[str(path_or_name)])))
+    return p
+
+
 def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EG3D:
-    """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``)."""
+    """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``), or a built-in by name."""
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = resolve_teacher_path(path)
     meta = read_teacher_metadata(p)
     try:
         config = TeacherConfig.from_json(meta["config"], source=str(p))

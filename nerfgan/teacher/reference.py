@@ -107,12 +107,12 @@ def render_reference(ref: Reference, model: EG3D, device: torch.device | str = "
     z = torch.from_numpy(ref.z).to(dev)
     c_cond = torch.from_numpy(ref.c_cond).to(dev)
     P, V = len(ref.psi), ref.c.shape[0]
-    out: dict[str, list] = {"ws": [], "image_raw": [], "image_depth": [], "image": []}
+    out: dict[str, list[np.ndarray]] = {"ws": [], "image_raw": [], "image_depth": [], "image": []}
     for pi in range(P):
         ws = model.mapping(z, c_cond, float(ref.psi[pi]), ref.cutoff)
         out["ws"].append(ws.cpu().numpy())
         planes = model.planes(ws)
-        views = {"image_raw": [], "image_depth": [], "image": []}
+        views: dict[str, list[np.ndarray]] = {"image_raw": [], "image_depth": [], "image": []}
         for vi in range(V):
             r = model.render_planes(planes, ws, torch.from_numpy(ref.c[vi]).to(dev))
             for k in views:

@@ -164,6 +164,9 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 convolution + noise + bias + leaky ReLU (optionally upsampling x2)."""
 
+    resample_filter: torch.Tensor
+    noise_const: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,  # I
@@ -225,6 +228,8 @@ class SynthesisBlock(nn.Module):
     4x4 constant and has no conv0.
     """
 
+    resample_filter: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,  # 0 for the first block
@@ -279,6 +284,8 @@ class SynthesisBlock(nn.Module):
 class MappingNetwork(nn.Module):
     """(z, c) -> ws (B, num_ws, w_dim): normalised z and embedded camera, then an MLP, then truncation."""
 
+    w_avg: torch.Tensor
+
     def __init__(
         self,
         z_dim: int,  # latent width
@@ -308,7 +315,8 @@ class MappingNetwork(nn.Module):
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1)
         for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
+            layer: FullyConnectedLayer = getattr(self, f"fc{i}")
+            x = layer(x)
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
         if truncation_psi != 1:
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
