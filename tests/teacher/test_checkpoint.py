@@ -107,3 +107,17 @@ def test_save_is_atomic_and_leaves_no_temporary(imported, tmp_path):
     save_teacher(model, out)
     assert [p.name for p in tmp_path.iterdir()] == ["copy.safetensors"]
     assert np.array_equal(load_file(str(out))["backbone.mapping.w_avg"].numpy(), model.backbone.mapping.w_avg.numpy())
+
+
+def test_builtin_tiny_teacher_is_the_fixture(reference):
+    model = load_teacher("tiny")
+    assert model.config == reference.config
+    for k, v in reference.state.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_builtin_name_does_not_shadow_an_existing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_text("not a teacher")
+    with pytest.raises(CheckpointError, match="tiny"):
+        load_teacher("tiny")
