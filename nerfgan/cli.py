@@ -132,6 +132,106 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
         click.echo(f"wrote {depth} ({out.image_depth.shape[-1]}x{out.image_depth.shape[-2]})")
 
 
+@teacher.command("renders")
+@click.option("--teacher", "teacher_path", required=True,
+              help="TEACHER.safetensors, or the name of a built-in teacher ('tiny').")
+@click.option("--n", "n", type=int, required=True, help="Number of samples in the set (a larger --n extends a set).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample set (sample i depends on (seed, i) only).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="RENDERS_DIR: the render set directory (created, or resumed when it holds the same set).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Samples per teacher call.")
+@click.option("--shard-size", type=int, default=64, show_default=True, help="Samples per shard file.")
+@click.option("--yaw-std", type=click.FloatRange(min=0.0), default=20.0, show_default=True,
+              help="Standard deviation of the render yaw, degrees (clipped to +-60).")
+@click.option("--pitch-std", type=click.FloatRange(min=0.0), default=10.0, show_default=True,
+              help="Standard deviation of the render pitch, degrees (clipped to +-30).")
+@click.option("--dry-run", is_flag=True, help="Print the index header and what would be rendered; render nothing.")
+@DEVICE
+def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_size: int, shard_size: int,
+                    yaw_std: float, pitch_std: float, dry_run: bool, device: str) -> None:
+    """Render the teacher once for N seeded samples into a sharded render set (training, calibration, parity)."""
+    import time
+
+    from nerfgan.sampling import PoseDistribution
+    from nerfgan.teacher.renders import RenderSet, make_render_set, plan_render_set
+
+    dist = PoseDistribution(yaw_std_deg=yaw_std, pitch_std_deg=pitch_std)
+    args = dict(teacher_path=teacher_path, n=n, out_dir=output, seed=seed, dist=dist, shard_size=shard_size,
+                batch_size=batch_size, device=_device(device))
+    if dry_run:
+        plan = plan_render_set(**args)
+        click.echo(json.dumps({**plan.header, "samples_present": plan.samples_kept,
+                               "shards_to_render": [{"start": s, "count": c} for s, c in plan.todo]}, indent=1))
+        return
+    t0 = time.perf_counter()
+    make_render_set(**args, progress=True)
+    seconds = time.perf_counter() - t0
+    rs = RenderSet.open(output, verify=False)
+    click.echo(f"wrote {output}: {len(rs)} samples in {len(rs.shard_entries)} shards, "
+               f"{rs.disk_bytes() / 1e6:.1f} MB, {seconds:.1f} s")
+
+
+@cli.command("train")
+@click.option("--teacher", "teacher_path", default="tiny", show_default=True,
+              help="TEACHER.safetensors, or a built-in teacher name.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="RUN_DIR: checkpoints, metrics, grids.")
+@click.option("--preset", type=click.Choice(["tiny", "ffhq512"]), default="tiny", show_default=True,
+              help="Student widths and training defaults.")
+@click.option("--renders", type=click.Path(file_okay=False), default=None,
+              help="Teacher render set (nerfgan teacher renders); default: render on the fly.")
+@click.option("--refresh", type=click.FloatRange(0, 1), default=None, help="With --renders: fraction of each batch rendered fresh.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Train until this many steps in total.")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None, help="Train for this much training time.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch (split over processes).")
+@click.option("--stage1-steps", type=click.IntRange(0), default=None, help="Reconstruction-only steps before the adversarial loss.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Student learning rate.")
+@click.option("--no-pose", is_flag=True, help="Ablation: the student's mapping sees w only.")
+@click.option("--eval-every", type=click.IntRange(0), default=None, help="Steps between held-out evaluations.")
+@click.option("--eval-minutes", default=None, help="Also evaluate at these training minutes, e.g. 0,1,2,5,10,20.")
+@click.option("--ckpt-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
+@click.option("--n-eval", type=click.IntRange(1), default=None, help="Held-out samples for PSNR/SSIM.")
+@click.option("--seed", type=int, default=None, help="Seed of the sample stream and initialisation.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@DEVICE
+def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, refresh: float | None, steps: int | None,
+          minutes: float | None, resume: bool, batch_size: int | None, stage1_steps: int | None, lr: float | None,
+          no_pose: bool, eval_every: int | None, eval_minutes: str | None, ckpt_every: int | None, n_eval: int | None,
+          seed: int | None, dry_run: bool, device: str) -> None:
+    """Distil the teacher into a pose-conditioned convolutional student (torchrun for many processes)."""
+    from nerfgan.student.config import student_preset
+    from nerfgan.student.train import Trainer, init_distributed, train_preset
+    from nerfgan.teacher.checkpoint import load_teacher
+
+    overrides: dict[str, object] = {k: v for k, v in {
+        "batch_size": batch_size, "stage1_steps": stage1_steps, "lr": lr, "eval_every": eval_every,
+        "ckpt_every": ckpt_every, "n_eval": n_eval, "seed": seed, "refresh": refresh}.items() if v is not None}
+    if no_pose:
+        overrides["pose_input"] = False
+    if eval_minutes:
+        try:
+            overrides["eval_minutes"] = tuple(float(m) for m in eval_minutes.split(","))
+        except ValueError:
+            raise UsageError(f"--eval-minutes: expected numbers separated by commas, got {eval_minutes!r}") from None
+    if refresh and not renders:
+        raise UsageError("--refresh needs --renders")
+    cfg = train_preset(preset, **overrides)
+    if steps is None and minutes is None and not dry_run:
+        raise UsageError("give --steps N or --minutes M")
+    dev = init_distributed(_device(device))
+    teacher = load_teacher(teacher_path, device=dev)
+    if dry_run:
+        scfg = student_preset(preset, teacher.config).replace(pose_input=cfg.pose_input)
+        click.echo(json.dumps({"train": json.loads(cfg.to_json()), "student": json.loads(scfg.to_json())}, indent=1))
+        return
+    trainer = Trainer(cfg, teacher, run_dir, renders=renders, resume=resume, device=dev)
+    rows = trainer.run(steps=steps, minutes=minutes)
+    if trainer.rank == 0:
+        last = rows[-1]
+        click.echo(f"step {trainer.step}: held-out PSNR {last['psnr_hr']:.2f} dB (high-res), {last['psnr_lr']:.2f} dB "
+                   f"(low-res); wrote {trainer.run_dir / 'student.safetensors'}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``nerfgan`` command."""
     try:

@@ -7,7 +7,6 @@ are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path

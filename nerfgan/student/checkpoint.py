@@ -1,0 +1,142 @@
+"""Student files and training state: safetensors + JSON, never pickle.
+
+* ``student.safetensors``: the student's weights (teacher mapping, pose mapping, synthesis,
+  super-resolution) with metadata ``format``, ``config`` (StudentConfig JSON, which embeds the
+  teacher's config and so its camera defaults), ``camera`` (radius, pivot, focal) and the
+  nerfgan version. It is all ``nerfgan-export --ckpt`` needs.
+* ``train_state.safetensors``: everything a killed run needs to continue exactly: generator, its
+  EMA, discriminator, both optimizers (tensors flattened under ``opt_g/`` and ``opt_d/``, the
+  rest as JSON), the step and elapsed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nerfgan
+from nerfgan import camera
+from nerfgan.errors import CheckpointError, ConfigError
+from nerfgan.io import atomic_path, existing_file
+from nerfgan.student.config import StudentConfig
+from nerfgan.student.generator import StudentGenerator
+from nerfgan.teacher.checkpoint import check_state_dict
+
+FORMAT = "nerfgan-student"
+STATE_FORMAT = "nerfgan-train-state"
+
+
+def _read(path: str | os.PathLike[str], what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    p = existing_file(path, what)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # any malformed header or payload
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    return tensors, meta
+
+
+def _write(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=dict(meta))
+    return Path(path)
+
+
+def save_student(model: StudentGenerator, path: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> Path:
+    r = model.config.teacher.rendering
+    meta = {"format": FORMAT, "nerfgan_version": nerfgan.__version__, "config": model.config.to_json(),
+            "camera": json.dumps({"radius": r.avg_camera_radius, "pivot": list(r.avg_camera_pivot),
+                                  "focal": camera.DEFAULT_FOCAL})}
+    meta.update(extra or {})
+    return _write(path, {k: v.float() for k, v in model.state_dict().items()}, meta)
+
+
+def load_student(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StudentGenerator:
+    tensors, meta = _read(path, "student checkpoint")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a nerfgan student file (metadata format={meta.get('format')!r})")
+    try:
+        config = StudentConfig.from_json(meta["config"], source=str(path))
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{path}: student config missing or invalid ({e})") from None
+    model = StudentGenerator(config)
+    check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def read_student_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    _, meta = _read(path, "student checkpoint")
+    return meta
+
+
+# --- training state ------------------------------------------------------------------------------
+def _flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}/{idx}/{k}"] = v
+            else:
+                scalars[f"{idx}/{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: dict[str, Any], prefix: str) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "/"):
+            idx, name = key[len(prefix) + 1:].split("/", 1)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.nn.Module],
+                     optimizers: Mapping[str, torch.optim.Optimizer], info: Mapping[str, Any]) -> Path:
+    """Modules and optimizers by name (e.g. 'G', 'G_ema', 'D'; 'opt_g', 'opt_d') plus JSON-able ``info``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        tensors.update({f"{name}/{k}": v for k, v in module.state_dict().items()})
+    opt_meta = {}
+    for name, opt in optimizers.items():
+        t, m = _flatten_optimizer(opt, name)
+        tensors.update(t)
+        opt_meta[name] = m
+    meta = {"format": STATE_FORMAT, "nerfgan_version": nerfgan.__version__, "info": json.dumps(dict(info)),
+            "optimizers": json.dumps(opt_meta)}
+    return _write(path, tensors, meta)
+
+
+def load_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.nn.Module],
+                     optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore into the given modules and optimizers; returns ``info``."""
+    tensors, meta = _read(path, "training state")
+    if meta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a nerfgan training state (metadata format={meta.get('format')!r})")
+    for name, module in modules.items():
+        sub = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + "/")}
+        check_state_dict(module, sub, f"{path} [{name}]")
+        module.load_state_dict(sub)
+    opt_meta = json.loads(meta["optimizers"])
+    for name, opt in optimizers.items():
+        if name not in opt_meta:
+            raise CheckpointError(f"{path}: no state for optimizer {name}")
+        opt.load_state_dict(_unflatten_optimizer(tensors, opt_meta[name], name))
+    info: dict[str, Any] = json.loads(meta["info"])
+    return info

@@ -1,0 +1,468 @@
+"""The distillation trainer: the teacher is frozen, the student learns to render what it renders.
+
+One step (global batch B, split over the processes of a torchrun job):
+
+1. data: (w, render camera c, teacher feature image, teacher final image) for B samples, from a
+   teacher render set or rendered on the fly (each sample a pure function of (seed, index));
+2. generator: reconstruction (L1 on the 32-channel feature image and the raw RGB, L1 + SSIM on
+   the final image), plus in stage 2 the non-saturating adversarial loss (weight 0.1) of the
+   pose-conditioned dual discriminator; Adam; EMA of the weights;
+3. discriminator (stage 2 only): logistic loss on teacher (real) vs student (fake) pairs of final
+   and raw images, with the render camera as condition; lazy R1 on the real pairs.
+
+Which samples a step uses depends only on (seed, step), so a resumed run sees exactly the data
+an uninterrupted one would; with the saved weights, EMA, discriminator and optimizer states it
+ends with the same weights. Training time (``--minutes``) excludes evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nerfgan.errors import ConfigError, UsageError
+from nerfgan.sampling import PoseDistribution, draw
+from nerfgan.student.checkpoint import load_train_state, save_student, save_train_state
+from nerfgan.student.config import StudentConfig, student_preset
+from nerfgan.student.discriminator import Discriminator
+from nerfgan.student.generator import StudentGenerator
+from nerfgan.student.losses import (
+    ReconstructionWeights, d_logistic, g_nonsaturating, psnr, r1_penalty, reconstruction_loss, ssim,
+)
+from nerfgan.teacher.generator import EG3D
+
+EVAL_SEED_OFFSET = 1_000_003  # held-out samples come from seed + this: other z and other poses
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a run computes. Saved as RUN_DIR/config.json."""
+
+    preset: str = "tiny"  # student preset (widths)
+    pose_input: bool = True  # False trains the no-pose ablation (mapping sees w only)
+    seed: int = 0
+    batch_size: int = 4  # global batch, split over processes
+    lr: float = 0.002  # Adam learning rate of the student
+    sr_lr_ratio: float = 0.1  # the super-resolution starts from the teacher's: smaller steps
+    betas: tuple[float, float] = (0.9, 0.99)
+    recon: ReconstructionWeights = field(default_factory=ReconstructionWeights)
+    adv_weight: float = 0.1  # weight of the adversarial loss in stage 2 (the paper's)
+    stage1_steps: int = 1500  # stage 1: reconstruction only; stage 2 adds the adversarial loss
+    d_lr: float = 0.002
+    d_betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = 1.0
+    r1_interval: int = 4  # lazy R1: every this many D steps, scaled by the interval
+    d_channel_base: int = 2048
+    d_channel_max: int = 128
+    ema_halflife_images: float = 2000.0  # EMA half-life, in training images
+    ema_rampup: float = 0.05  # half-life <= rampup * images seen so far (StyleGAN2)
+    refresh: float = 0.0  # with a render set: fraction of each batch rendered fresh by the teacher
+    pose: PoseDistribution = field(default_factory=PoseDistribution)
+    n_eval: int = 16  # held-out samples for PSNR/SSIM
+    eval_every: int = 250  # steps (0: only at eval_minutes and at the end)
+    eval_minutes: tuple[float, ...] = ()  # also evaluate when training time passes these marks
+    ckpt_every: int = 100  # steps between checkpoints
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        d = json.loads(text)
+        d["betas"], d["d_betas"] = tuple(d["betas"]), tuple(d["d_betas"])
+        d["eval_minutes"] = tuple(d["eval_minutes"])
+        d["recon"] = ReconstructionWeights(**d["recon"])
+        d["pose"] = PoseDistribution(**d["pose"])
+        return cls(**d)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "ffhq512": {"batch_size": 16, "stage1_steps": 20000, "d_channel_base": 32768, "d_channel_max": 512,
+                "ema_halflife_images": 10000.0, "eval_every": 1000, "ckpt_every": 500, "n_eval": 64},
+}
+
+
+def train_preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown training preset {name!r}; choose one of {', '.join(sorted(TRAIN_PRESETS))}")
+    return TrainConfig(preset=name, **{**TRAIN_PRESETS[name], **overrides})
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+Batch = dict[str, torch.Tensor]  # w (B, 512), c (B, 25), feature_image (B, 32, R, R), image (B, 3, H, W)
+
+
+def teacher_batch(teacher: EG3D, seed: int, indices: np.ndarray, dist_: PoseDistribution, chunk: int = 4) -> Batch:
+    """Render samples ``indices`` of stream ``seed`` with the teacher, exactly as a render set stores them."""
+    from nerfgan.teacher.renders import render_targets
+
+    r = teacher.config.rendering
+    s = draw(seed, indices, dist_, r.avg_camera_radius, r.avg_camera_pivot, teacher.config.z_dim)
+    device = next(teacher.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {"w": [], "c": [], "feature_image": [], "image": []}
+    for i in range(0, len(indices), chunk):
+        out = render_targets(teacher, s.subset(slice(i, i + chunk)))
+        parts["c"].append(torch.from_numpy(s.c[i:i + chunk]).to(device))
+        for k in ("w", "feature_image", "image"):
+            parts[k].append(out[k])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+class DataSource:
+    """Where a step's teacher targets come from: a render set (with optional refresh) or the teacher."""
+
+    def __init__(self, cfg: TrainConfig, teacher: EG3D, renders: str | None, device: torch.device) -> None:
+        self.cfg, self.teacher, self.device = cfg, teacher, device
+        self.set: dict[str, torch.Tensor] | None = None
+        self.set_size = 0
+        if renders is not None:
+            from nerfgan.teacher.renders import RenderSet
+
+            rs = RenderSet.open(renders)
+            if rs.config != teacher.config:
+                raise UsageError(f"--renders {renders}: the render set was made by another teacher config")
+            arrays = rs.load()
+            self.set = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("w", "c", "feature_image", "image")}
+            self.set_size = len(rs)
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
+        B = self.cfg.batch_size
+        lo, hi = rank * B // world, (rank + 1) * B // world
+        if self.set is None:
+            idx = np.arange(step * B, (step + 1) * B)[lo:hi]
+            return {k: v.to(self.device) for k, v in teacher_batch(self.teacher, self.cfg.seed, idx, self.cfg.pose).items()}
+        rng = np.random.default_rng([self.cfg.seed, step])
+        n_fresh = int(round(self.cfg.refresh * B))
+        pick = rng.choice(self.set_size, size=B - n_fresh, replace=B - n_fresh > self.set_size)
+        fresh = self.set_size + step * B + np.arange(n_fresh)  # indices no render set holds
+        mine_pick = [i for j, i in enumerate(pick) if lo <= j < hi]
+        mine_fresh = [i for j, i in enumerate(fresh, start=len(pick)) if lo <= j < hi]
+        parts = []
+        if mine_pick:
+            parts.append({k: v[mine_pick].float().to(self.device) for k, v in self.set.items()})
+        if mine_fresh:
+            parts.append(teacher_batch(self.teacher, self.cfg.seed, np.asarray(mine_fresh), self.cfg.pose))
+        return {k: torch.cat([p[k].to(self.device) for p in parts]) for k in ("w", "c", "feature_image", "image")}
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(student: StudentGenerator, held_out: Batch, chunk: int = 8) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of the student against the teacher, high and low resolution."""
+    vals: dict[str, list[torch.Tensor]] = {"psnr_hr": [], "ssim_hr": [], "psnr_lr": [], "ssim_lr": []}
+    for i in range(0, len(held_out["w"]), chunk):
+        out = student(held_out["w"][i:i + chunk], held_out["c"][i:i + chunk])
+        t_img, t_raw = held_out["image"][i:i + chunk], held_out["feature_image"][i:i + chunk, :3]
+        vals["psnr_hr"].append(psnr(out.image, t_img))
+        vals["ssim_hr"].append(ssim(out.image.clamp(-1, 1), t_img.clamp(-1, 1)))
+        vals["psnr_lr"].append(psnr(out.image_raw, t_raw))
+        vals["ssim_lr"].append(ssim(out.image_raw.clamp(-1, 1), t_raw.clamp(-1, 1)))
+    return {k: float(torch.cat(v).clamp(max=100).mean()) for k, v in vals.items()}
+
+
+@torch.no_grad()
+def comparison_grid(student: StudentGenerator, held_out: Batch, n: int = 4) -> np.ndarray:
+    """uint8 (n*H, 3*W, 3): rows of teacher | student | |difference| (difference x2, white = 1)."""
+    from nerfgan.io import to_uint8
+
+    out = student(held_out["w"][:n], held_out["c"][:n]).image.clamp(-1, 1)
+    teacher = held_out["image"][:n].clamp(-1, 1)
+    diff = (out - teacher).abs() - 1  # |d| in [0, 2] -> [-1, 1]
+    rows = torch.cat([teacher, out, diff], dim=3)  # (n, 3, H, 3W)
+    return to_uint8(torch.cat(list(rows), dim=1).cpu().numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over processes (for the discriminator, whose R1 double backward DDP cannot reduce)."""
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+class Trainer:
+    """Owns the models, optimizers and run directory; ``run(steps=..., minutes=...)`` trains."""
+
+    def __init__(self, cfg: TrainConfig, teacher: EG3D, run_dir: str | os.PathLike[str], renders: str | None = None,
+                 resume: bool = False, device: str | torch.device = "cpu", progress: bool = True) -> None:
+        self.cfg, self.teacher, self.progress = cfg, teacher.eval().requires_grad_(False), progress
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.rank, self.world = _dist_info()
+        if cfg.batch_size % self.world:
+            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {self.world} processes")
+        torch.manual_seed(cfg.seed)
+        scfg: StudentConfig = student_preset(cfg.preset, teacher.config).replace(pose_input=cfg.pose_input)
+        self.G = StudentGenerator.from_teacher(scfg, teacher).to(self.device).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        R, H = scfg.resolution, scfg.img_resolution
+        self.D = Discriminator(img_resolution=H, raw_resolution=R, c_dim=25, channel_base=cfg.d_channel_base,
+                                   channel_max=cfg.d_channel_max).to(self.device).train()
+        trainable = {id(p) for p in self.G.trainable_parameters()}
+        sr = [p for n, p in self.G.named_parameters() if n.startswith("superresolution.") and id(p) in trainable]
+        rest = [p for n, p in self.G.named_parameters() if not n.startswith("superresolution.") and id(p) in trainable]
+        self.opt_g = torch.optim.Adam([{"params": rest}, {"params": sr, "lr": cfg.lr * cfg.sr_lr_ratio}],
+                                      lr=cfg.lr, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.d_betas)
+        self.G_train: torch.nn.Module = self.G
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = DDP(self.G, device_ids=ids, broadcast_buffers=False)
+        self.data = DataSource(cfg, teacher, renders, self.device)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.evaluated_marks: list[float] = []
+        self._setup_run_dir(resume)
+        self.held_out: Batch = self._held_out() if self.rank == 0 else {}
+
+    # --- run directory ------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "train_state.safetensors"
+
+    def _setup_run_dir(self, resume: bool) -> None:
+        cfg_path = self.run_dir / "config.json"
+        meta = {"train": json.loads(self.cfg.to_json()), "student": json.loads(self.G.config.to_json())}
+        if resume:
+            if not self.state_path.exists():
+                raise UsageError(f"--resume: {self.state_path} does not exist (nothing to resume)")
+            saved = json.loads(cfg_path.read_text())
+            if saved != meta:
+                diff = sorted(k for k in saved["train"] if saved["train"][k] != meta["train"].get(k))
+                raise UsageError(f"--resume: {cfg_path} was written with other settings ({', '.join(diff) or 'student'})")
+            info = load_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
+                                    {"opt_g": self.opt_g, "opt_d": self.opt_d})
+            self.step, self.train_seconds = int(info["step"]), float(info["train_seconds"])
+            self.evaluated_marks = list(info.get("evaluated_marks", []))
+        elif self.state_path.exists():
+            raise UsageError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            from nerfgan.io import atomic_path
+
+            with atomic_path(cfg_path) as tmp:
+                tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def _held_out(self) -> Batch:
+        """Fixed held-out (z, pose) samples rendered by the teacher once, cached in the run dir."""
+        path = self.run_dir / "held_out.safetensors"
+        if path.exists():
+            from safetensors.torch import load_file
+
+            return {k: v.to(self.device) for k, v in load_file(str(path)).items()}
+        idx = np.arange(self.cfg.n_eval)
+        batch = teacher_batch(self.teacher, self.cfg.seed + EVAL_SEED_OFFSET, idx, self.cfg.pose)
+        if self.rank == 0:
+            from safetensors.torch import save_file
+
+            from nerfgan.io import atomic_path
+
+            with atomic_path(path) as tmp:
+                save_file({k: v.cpu().contiguous() for k, v in batch.items()}, str(tmp))
+        return batch
+
+    def checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        info = {"step": self.step, "train_seconds": self.train_seconds, "evaluated_marks": self.evaluated_marks}
+        save_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
+                         {"opt_g": self.opt_g, "opt_d": self.opt_d}, info)
+        save_student(self.G_ema, self.run_dir / "student.safetensors", extra={"step": str(self.step)})
+
+    def log_eval(self) -> dict[str, float]:
+        """Evaluate the EMA student on the held-out set (rank 0 only; other ranks return {})."""
+        if self.rank != 0:
+            return {}
+        metrics = evaluate(self.G_ema, self.held_out)
+        row = {"step": self.step, "train_minutes": self.train_seconds / 60, "images": self.step * self.cfg.batch_size,
+               **metrics}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        from nerfgan.io import save_png
+
+        save_png(self.run_dir / "eval" / f"step-{self.step:07d}.png", comparison_grid(self.G_ema, self.held_out))
+        return row
+
+    # --- one step -----------------------------------------------------------------------------------
+    def _ema_update(self) -> None:
+        cfg = self.cfg
+        half = min(cfg.ema_halflife_images, (self.step + 1) * cfg.batch_size * cfg.ema_rampup) if cfg.ema_rampup else cfg.ema_halflife_images
+        beta = 0.5 ** (cfg.batch_size / max(half, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.lerp_(p, 1 - beta)
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # any torch randomness is a function of the step
+        batch = self.data.batch(self.step, self.rank, self.world)
+        adversarial = self.step >= cfg.stage1_steps and cfg.adv_weight > 0
+        logs: dict[str, float] = {}
+
+        # generator
+        self.D.requires_grad_(False)
+        out = self.G_train(batch["w"], batch["c"])
+        loss, terms = reconstruction_loss(out.feature_image, batch["feature_image"], out.image, batch["image"], cfg.recon)
+        logs.update({k: float(v.detach()) for k, v in terms.items()})
+        if adversarial:
+            g_adv = g_nonsaturating(self.D(out.image, out.image_raw, batch["c"]))
+            loss = loss + cfg.adv_weight * g_adv
+            logs["g_adv"] = float(g_adv.detach())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self._ema_update()
+        logs["loss_g"] = float(loss.detach())
+
+        # discriminator
+        if adversarial:
+            self.D.requires_grad_(True)
+            d_step = self.step - cfg.stage1_steps
+            real_img = batch["image"].detach().requires_grad_(True)
+            real_raw = batch["feature_image"][:, :3].detach().requires_grad_(True)
+            real_logits = self.D(real_img, real_raw, batch["c"])
+            fake_logits = self.D(out.image.detach(), out.image_raw.detach(), batch["c"])
+            loss_d = d_logistic(real_logits, fake_logits)
+            if cfg.r1_gamma > 0 and d_step % cfg.r1_interval == 0:
+                r1 = r1_penalty(real_logits, [real_img, real_raw]).mean()
+                loss_d = loss_d + (cfg.r1_gamma / 2) * r1 * cfg.r1_interval
+                logs["r1"] = float(r1.detach())
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            _all_reduce_grads(list(self.D.parameters()), self.world)
+            self.opt_d.step()
+            logs["loss_d"] = float(loss_d.detach())
+        self.step += 1
+        return logs
+
+    # --- loop ---------------------------------------------------------------------------------------
+    def _should_stop(self, steps: int | None, minutes: float | None) -> bool:
+        stop = (steps is not None and self.step >= steps) or (minutes is not None and self.train_seconds >= minutes * 60)
+        if self.world > 1:  # rank 0's clock decides, so every process stops at the same step
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _due_marks(self) -> list[float]:
+        done = set(self.evaluated_marks)
+        return [m for m in self.cfg.eval_minutes if m not in done and self.train_seconds >= m * 60]
+
+    def run(self, steps: int | None = None, minutes: float | None = None) -> list[dict[str, float]]:
+        """Train until ``steps`` total steps or ``minutes`` of training time; returns the evaluation rows."""
+        if steps is None and minutes is None:
+            raise UsageError("give --steps or --minutes")
+        from tqdm import tqdm
+
+        rows = []
+        if self.step == 0 and self.rank == 0 and (self.cfg.eval_every or 0.0 in self.cfg.eval_minutes):
+            rows.append(self.log_eval())
+            if 0.0 in self.cfg.eval_minutes:
+                self.evaluated_marks.append(0.0)
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress or self.rank != 0, unit="step",
+                   dynamic_ncols=True)
+        while not self._should_stop(steps, minutes):
+            t0 = time.perf_counter()
+            logs = self.train_step()
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            if self.world > 1:
+                dist.barrier()
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss_g']:.3f}", img_s=f"{self.cfg.batch_size / dt:.1f}",
+                            stage=2 if "loss_d" in logs else 1, refresh=False)
+            marks = self._due_marks()
+            if marks or (self.cfg.eval_every and self.step % self.cfg.eval_every == 0):
+                row = self.log_eval()
+                self.evaluated_marks.extend(marks)
+                if row:
+                    rows.append(row)
+                    bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if self.step % self.cfg.ckpt_every == 0:
+                self.checkpoint()
+        bar.close()
+        if self.rank == 0 and (not rows or rows[-1]["step"] != self.step):
+            rows.append(self.log_eval())
+        self.checkpoint()
+        self.check_replicas()
+        return rows
+
+    def replica_digest(self) -> str:
+        """sha256 of this process's generator and discriminator weights."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for module in (self.G, self.D):
+            for name, t in module.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def check_replicas(self) -> None:
+        """Every process must hold the same weights; rank 0 writes RUN_DIR/replicas.json (a bug if they differ)."""
+        digest = self.replica_digest()
+        digests = [digest]
+        if self.world > 1:  # as bytes in tensors (all_gather_object would pickle)
+            mine = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8, device=self.device)
+            gathered = [torch.empty_like(mine) for _ in range(self.world)]
+            dist.all_gather(gathered, mine)
+            digests = [bytes(g.cpu().tolist()).hex() for g in gathered]
+        if self.rank == 0:
+            from nerfgan.io import atomic_path
+
+            with atomic_path(self.run_dir / "replicas.json") as tmp:
+                tmp.write_text(json.dumps({"step": self.step, "world_size": self.world, "sha256": digests}, indent=1))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"replica weights diverged at step {self.step}: {digests}")
+
+
+def init_distributed(device: str) -> str:
+    """Under torchrun (RANK/WORLD_SIZE set): join the process group (NCCL on CUDA, gloo on CPU); returns the device."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return f"cuda:{local}"
+    dist.init_process_group("gloo")
+    return device
+
+
+def iter_metrics(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, float]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
