@@ -133,7 +133,7 @@ class DataSource:
             rs = RenderSet.open(renders)
             if rs.config != teacher.config:
                 raise UsageError(f"--renders {renders}: the render set was made by another teacher config")
-            arrays = rs.load()
+            arrays = rs.load(as_float32=False)  # images stay float16 in memory; batches are converted
             self.set = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("w", "c", "feature_image", "image")}
             self.set_size = len(rs)
 
