@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -111,7 +112,7 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
     from nerfgan import camera
     from nerfgan.io import depth_to_uint8, save_png, to_uint8
     from nerfgan.teacher.checkpoint import load_teacher
-    from nerfgan.teacher.sample import cameras_for, render_view
+    from nerfgan.teacher.views import cameras_for, render_view
 
     yaw, pitch, radius = camera.parse_pose(pose_text)
     for path in [output] + ([depth] if depth else []):
@@ -156,7 +157,7 @@ def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_siz
     from nerfgan.teacher.renders import RenderSet, make_render_set, plan_render_set
 
     dist = PoseDistribution(yaw_std_deg=yaw_std, pitch_std_deg=pitch_std)
-    args = dict(teacher_path=teacher_path, n=n, out_dir=output, seed=seed, dist=dist, shard_size=shard_size,
+    args: dict[str, Any] = dict(teacher_path=teacher_path, n=n, out_dir=output, seed=seed, dist=dist, shard_size=shard_size,
                 batch_size=batch_size, device=_device(device))
     if dry_run:
         plan = plan_render_set(**args)

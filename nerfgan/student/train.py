@@ -227,8 +227,8 @@ class Trainer:
         trainable = {id(p) for p in self.G.trainable_parameters()}
         sr = [p for n, p in self.G.named_parameters() if n.startswith("superresolution.") and id(p) in trainable]
         rest = [p for n, p in self.G.named_parameters() if not n.startswith("superresolution.") and id(p) in trainable]
-        self.opt_g = torch.optim.Adam([{"params": rest}, {"params": sr, "lr": cfg.lr * cfg.sr_lr_ratio}],
-                                      lr=cfg.lr, betas=cfg.betas)
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": sr, "lr": cfg.lr * cfg.sr_lr_ratio}]
+        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.d_betas)
         self.G_train: torch.nn.Module = self.G
         if self.world > 1:
@@ -382,7 +382,7 @@ class Trainer:
         """Train until ``steps`` total steps or ``minutes`` of training time; returns the evaluation rows."""
         if steps is None and minutes is None:
             raise UsageError("give --steps or --minutes")
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         rows = []
         if self.step == 0 and self.rank == 0 and (self.cfg.eval_every or 0.0 in self.cfg.eval_minutes):

@@ -128,8 +128,8 @@ def render_targets(model: EG3D, samples: Samples) -> dict[str, torch.Tensor]:
     ws = torch.cat([model.mapping(t(samples.z[i:i + 1]), t(samples.c_cond[i:i + 1]), float(samples.psi[i]), None)
                     for i in range(len(samples.index))])
     assert torch.equal(ws, ws[:, :1].expand_as(ws)), "truncation cutoff None must give equal ws rows"
-    out = model.synthesis(ws, t(samples.c), noise_mode=RENDER_SETTINGS["noise_mode"],
-                          render_mode=RENDER_SETTINGS["render_mode"], fused=RENDER_SETTINGS["fused"])
+    out = model.synthesis(ws, t(samples.c), noise_mode=str(RENDER_SETTINGS["noise_mode"]),
+                          render_mode=str(RENDER_SETTINGS["render_mode"]), fused=bool(RENDER_SETTINGS["fused"]))
     return {"w": ws[:, 0], "feature_image": out.feature_image, "image_raw": out.feature_image[:, :3],
             "image": out.image, "image_depth": out.image_depth}
 

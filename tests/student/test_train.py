@@ -160,3 +160,17 @@ def test_existing_run_needs_resume(tmp_path, renders, capsys):
     with pytest.raises(SystemExit) as e:  # resuming with other settings is refused
         main(argv[:-2] + ["--lr", "0.01", "--resume", "--device", "cpu"])
     assert e.value.code == 2 and "lr" in capsys.readouterr().err
+
+
+def test_refresh_mixes_fresh_teacher_renders_into_set_batches(tmp_path, renders):
+    cfg = train_preset("tiny", batch_size=4, n_eval=2, refresh=0.25)
+    trainer = Trainer(cfg, _teacher(), tmp_path / "refresh", renders=str(renders), progress=False)
+    batch = trainer.data.batch(3)
+    assert batch["w"].shape == (4, 512) and batch["image"].shape == (4, 3, 128, 128)
+    from nerfgan.teacher.renders import RenderSet
+
+    stored = RenderSet.open(renders).load()
+    in_set = [any(torch.equal(w, torch.from_numpy(s)) for s in stored["w"]) for w in batch["w"]]
+    assert in_set == [True, True, True, False]  # 3 drawn from the set, 1 rendered fresh (index 6 + 3 * 4)
+    again = trainer.data.batch(3)
+    assert torch.equal(again["w"], batch["w"])  # a step's data depends on (seed, step) only
