@@ -200,7 +200,6 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
           no_pose: bool, eval_every: int | None, eval_minutes: str | None, ckpt_every: int | None, n_eval: int | None,
           seed: int | None, dry_run: bool, device: str) -> None:
     """Distil the teacher into a pose-conditioned convolutional student (torchrun for many processes)."""
-    from nerfgan.student.config import student_preset
     from nerfgan.student.train import Trainer, init_distributed, train_preset
     from nerfgan.teacher.checkpoint import load_teacher
 
@@ -222,7 +221,7 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
     dev = init_distributed(_device(device))
     teacher = load_teacher(teacher_path, device=dev)
     if dry_run:
-        scfg = student_preset(preset, teacher.config).replace(pose_input=cfg.pose_input)
+        scfg = cfg.student_config(teacher.config)
         click.echo(json.dumps({"train": json.loads(cfg.to_json()), "student": json.loads(scfg.to_json())}, indent=1))
         return
     trainer = Trainer(cfg, teacher, run_dir, renders=renders, resume=resume, device=dev)

@@ -22,35 +22,12 @@ import torch
 import nerfgan
 from nerfgan import camera
 from nerfgan.errors import CheckpointError, ConfigError
-from nerfgan.io import atomic_path, existing_file
 from nerfgan.student.config import StudentConfig
 from nerfgan.student.generator import StudentGenerator
-from nerfgan.teacher.checkpoint import check_state_dict
+from nerfgan.teacher.checkpoint import check_state_dict, read_safetensors, write_safetensors
 
 FORMAT = "nerfgan-student"
 STATE_FORMAT = "nerfgan-train-state"
-
-
-def _read(path: str | os.PathLike[str], what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    p = existing_file(path, what)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # any malformed header or payload
-        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
-    return tensors, meta
-
-
-def _write(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=dict(meta))
-    return Path(path)
 
 
 def save_student(model: StudentGenerator, path: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> Path:
@@ -59,11 +36,11 @@ def save_student(model: StudentGenerator, path: str | os.PathLike[str], extra: M
             "camera": json.dumps({"radius": r.avg_camera_radius, "pivot": list(r.avg_camera_pivot),
                                   "focal": camera.DEFAULT_FOCAL})}
     meta.update(extra or {})
-    return _write(path, {k: v.float() for k, v in model.state_dict().items()}, meta)
+    return write_safetensors(path, {k: v.float() for k, v in model.state_dict().items()}, meta)
 
 
 def load_student(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StudentGenerator:
-    tensors, meta = _read(path, "student checkpoint")
+    tensors, meta = read_safetensors(path, "student checkpoint")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nerfgan student file (metadata format={meta.get('format')!r})")
     try:
@@ -77,7 +54,7 @@ def load_student(path: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def read_student_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    _, meta = _read(path, "student checkpoint")
+    _, meta = read_safetensors(path, "student checkpoint")
     return meta
 
 
@@ -120,13 +97,13 @@ def save_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.n
         opt_meta[name] = m
     meta = {"format": STATE_FORMAT, "nerfgan_version": nerfgan.__version__, "info": json.dumps(dict(info)),
             "optimizers": json.dumps(opt_meta)}
-    return _write(path, tensors, meta)
+    return write_safetensors(path, tensors, meta)
 
 
 def load_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.nn.Module],
                      optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
     """Restore into the given modules and optimizers; returns ``info``."""
-    tensors, meta = _read(path, "training state")
+    tensors, meta = read_safetensors(path, "training state")
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a nerfgan training state (metadata format={meta.get('format')!r})")
     for name, module in modules.items():

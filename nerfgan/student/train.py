@@ -36,8 +36,10 @@ from nerfgan.student.config import StudentConfig, student_preset
 from nerfgan.student.discriminator import Discriminator
 from nerfgan.student.generator import StudentGenerator
 from nerfgan.student.losses import (
-    ReconstructionWeights, d_logistic, g_nonsaturating, psnr, r1_penalty, reconstruction_loss, ssim,
+    PSNR_CAP_DB, ReconstructionWeights, d_logistic, g_nonsaturating, psnr, r1_penalty, reconstruction_loss, ssim,
 )
+from nerfgan.teacher.checkpoint import read_safetensors, write_safetensors
+from nerfgan.teacher.config import TeacherConfig
 from nerfgan.teacher.generator import EG3D
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out samples come from seed + this: other z and other poses
@@ -71,6 +73,10 @@ class TrainConfig:
     eval_every: int = 250  # steps (0: only at eval_minutes and at the end)
     eval_minutes: tuple[float, ...] = ()  # also evaluate when training time passes these marks
     ckpt_every: int = 100  # steps between checkpoints
+
+    def student_config(self, teacher: TeacherConfig) -> StudentConfig:
+        """The student this run trains for ``teacher``: the preset's widths, with or without pose input."""
+        return student_preset(self.preset, teacher).replace(pose_input=self.pose_input)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -142,7 +148,7 @@ class DataSource:
         lo, hi = rank * B // world, (rank + 1) * B // world
         if self.set is None:
             idx = np.arange(step * B, (step + 1) * B)[lo:hi]
-            return {k: v.to(self.device) for k, v in teacher_batch(self.teacher, self.cfg.seed, idx, self.cfg.pose).items()}
+            return teacher_batch(self.teacher, self.cfg.seed, idx, self.cfg.pose)  # on the teacher's (= our) device
         rng = np.random.default_rng([self.cfg.seed, step])
         n_fresh = int(round(self.cfg.refresh * B))
         pick = rng.choice(self.set_size, size=B - n_fresh, replace=B - n_fresh > self.set_size)
@@ -171,7 +177,7 @@ def evaluate(student: StudentGenerator, held_out: Batch, chunk: int = 8) -> dict
         vals["ssim_hr"].append(ssim(out.image.clamp(-1, 1), t_img.clamp(-1, 1)))
         vals["psnr_lr"].append(psnr(out.image_raw, t_raw))
         vals["ssim_lr"].append(ssim(out.image_raw.clamp(-1, 1), t_raw.clamp(-1, 1)))
-    return {k: float(torch.cat(v).clamp(max=100).mean()) for k, v in vals.items()}
+    return {k: float(torch.cat(v).clamp(max=PSNR_CAP_DB).mean()) for k, v in vals.items()}  # as mean_psnr caps
 
 
 @torch.no_grad()
@@ -218,7 +224,7 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {self.world} processes")
         torch.manual_seed(cfg.seed)
-        scfg: StudentConfig = student_preset(cfg.preset, teacher.config).replace(pose_input=cfg.pose_input)
+        scfg = cfg.student_config(teacher.config)
         self.G = StudentGenerator.from_teacher(scfg, teacher).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         R, H = scfg.resolution, scfg.img_resolution
@@ -275,18 +281,12 @@ class Trainer:
         """Fixed held-out (z, pose) samples rendered by the teacher once, cached in the run dir."""
         path = self.run_dir / "held_out.safetensors"
         if path.exists():
-            from safetensors.torch import load_file
-
-            return {k: v.to(self.device) for k, v in load_file(str(path)).items()}
+            tensors, _ = read_safetensors(path, "held-out set")
+            return {k: v.to(self.device) for k, v in tensors.items()}
         idx = np.arange(self.cfg.n_eval)
         batch = teacher_batch(self.teacher, self.cfg.seed + EVAL_SEED_OFFSET, idx, self.cfg.pose)
         if self.rank == 0:
-            from safetensors.torch import save_file
-
-            from nerfgan.io import atomic_path
-
-            with atomic_path(path) as tmp:
-                save_file({k: v.cpu().contiguous() for k, v in batch.items()}, str(tmp))
+            write_safetensors(path, batch)
         return batch
 
     def checkpoint(self) -> None:

@@ -50,32 +50,52 @@ def build_teacher(config: TeacherConfig, state: Mapping[str, torch.Tensor] | Non
     return model
 
 
-def save_teacher(model: EG3D, path: str | os.PathLike[str], extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``model``'s weights and config to a safetensors file, atomically."""
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                      meta: Mapping[str, str] | None = None) -> Path:
+    """Write tensors (moved to CPU, contiguous) and string metadata to ``path`` atomically."""
     from safetensors.torch import save_file
 
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=dict(meta or {}))
+    return Path(path)
+
+
+def read_safetensors(
+    path: str | os.PathLike[str], what: str, with_tensors: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file in one read; ``what`` names the file kind in errors."""
+    from safetensors import safe_open
+
+    p = existing_file(path, what)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+    except Exception as e:  # safetensors raises its own error types for any malformed header or payload
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    return tensors, meta
+
+
+def save_teacher(model: EG3D, path: str | os.PathLike[str], extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s weights and config to a safetensors file, atomically."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nerfgan_version": nerfgan.__version__,
             "config": model.config.to_json()}
     meta.update(extra_metadata or {})
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return write_safetensors(path, {k: v.to(torch.float32) for k, v in model.state_dict().items()}, meta)
+
+
+def _check_teacher_metadata(p: Path, meta: dict[str, str]) -> None:
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a nerfgan teacher file (metadata format={meta.get('format')!r}; "
+                              "convert upstream pickles with `nerfgan teacher import`)")
 
 
 def read_teacher_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The metadata of a teacher file (raises CheckpointError if it is not one)."""
-    from safetensors import safe_open
-
-    p = existing_file(resolve_teacher_path(path), "teacher checkpoint")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:  # safetensors raises its own error types for any malformed header
-        raise CheckpointError(f"{p}: not a safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not a nerfgan teacher file (metadata format={meta.get('format')!r}; "
-                              "convert upstream pickles with `nerfgan teacher import`)")
+    p = resolve_teacher_path(path)
+    _, meta = read_safetensors(p, "teacher checkpoint", with_tensors=False)
+    _check_teacher_metadata(p, meta)
     return meta
 
 
@@ -97,18 +117,13 @@ def resolve_teacher_path(path_or_name: str | os.PathLike[str]) -> Path:
 
 def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EG3D:
     """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``), or a built-in by name."""
-    from safetensors.torch import load_file
-
     p = resolve_teacher_path(path)
-    meta = read_teacher_metadata(p)
+    state, meta = read_safetensors(p, "teacher checkpoint")
+    _check_teacher_metadata(p, meta)
     try:
         config = TeacherConfig.from_json(meta["config"], source=str(p))
     except KeyError:
         raise CheckpointError(f"{p}: metadata has no 'config'") from None
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    try:
-        state = load_file(str(p))
-    except Exception as e:
-        raise CheckpointError(f"{p}: cannot read tensors ({e})") from None
     return build_teacher(config, state, source=str(p)).to(device)
