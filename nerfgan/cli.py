@@ -232,10 +232,102 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
                    f"(low-res); wrote {trainer.run_dir / 'student.safetensors'}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``nerfgan`` command."""
+def _batch_triple(text: str) -> tuple[int, int, int]:
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="nerfgan", standalone_mode=False)
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = (1, parts[0], parts[0])
+    if len(parts) != 3:
+        raise UsageError(f"--batch: expected MIN,OPT,MAX (or MAX) as integers, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+@cli.command("calibrate")
+@click.option("--teacher", "teacher_path", default="tiny", show_default=True,
+              help="TEACHER.safetensors the student was distilled from, or a built-in teacher name.")
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors.")
+@click.option("--n", "n", type=click.IntRange(1), default=256, show_default=True, help="Number of samples.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CALIB.npz to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (training pose distribution).")
+@click.option("--renders", type=click.Path(file_okay=False), default=None,
+              help="Take the first N samples of this teacher render set instead of rendering.")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Samples per teacher call.")
+def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int) -> None:
+    """Store the student's ONNX inputs and the teacher's renders for N samples (INT8 calibration and its gate)."""
+    from nerfgan.calibrate.calibset import load_calibration_set, make_calibration_set
+
+    make_calibration_set(teacher_path, ckpt, n, output, seed=seed, renders=renders, batch_size=batch_size, progress=True)
+    cs = load_calibration_set(output)
+    click.echo(f"wrote {output}: {len(cs)} samples ({cs.meta['source']}, seed {cs.meta['seed']})")
+
+
+def _export_options(f: Any) -> Any:
+    options = [
+        click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors to export."),
+        click.option("-o", "--output", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
+                     help="OUT_DIR for the ONNX files, plans and manifest.json."),
+        click.option("--fp16", is_flag=True, help="Also write student_fp16.onnx (float16 inside, float32 IO)."),
+        click.option("--int8", is_flag=True, help="Also write student_int8.onnx (symmetric per-channel Q/DQ)."),
+        click.option("--calib", type=click.Path(dir_okay=False), default=None, help="CALIB.npz for --int8 (nerfgan calibrate)."),
+        click.option("--int8-exclude", default=None,
+                     help="Comma-separated node-name patterns kept in float (fnmatch; 'depthwise' = the FIR "
+                          "convolutions). Default: '*/torgb/*,depthwise'."),
+        click.option("--int8-backend", type=click.Choice(["auto", "ort", "modelopt"]), default="auto", show_default=True,
+                     help="Who inserts the Q/DQ nodes (auto: ModelOpt when installed, else ONNX Runtime)."),
+        click.option("--trt", is_flag=True, help="Also build TensorRT plans (needs nerfgan[tensorrt] and a GPU)."),
+        click.option("--workspace", type=click.FloatRange(0.1), default=4.0, show_default=True,
+                     help="TensorRT builder workspace, GiB."),
+        click.option("--triton", type=click.Path(file_okay=False), default=None,
+                     help="REPO_DIR: also write a Triton model repository (mapping, student, ensemble)."),
+        click.option("--triton-precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                     help="Student precision Triton serves (default: the lowest exported)."),
+        click.option("--batch", "batch_text", default="1,1,16", show_default=True,
+                     help="MIN,OPT,MAX batch of the TensorRT profile and Triton's max_batch_size."),
+        click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset."),
+        click.option("--dry-run", is_flag=True, help="Print the resolved export config and exit."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run_export(ckpt: str, out_dir: str, fp16: bool, int8: bool, calib: str | None, int8_exclude: str | None,
+                int8_backend: str, trt: bool, workspace: float, triton: str | None, triton_precision: str | None,
+                batch_text: str, opset: int, dry_run: bool) -> None:
+    from nerfgan.export.pipeline import ExportConfig, export
+
+    extra: dict[str, Any] = {}
+    if int8_exclude is not None:
+        extra["int8_exclude"] = tuple(p.strip() for p in int8_exclude.split(",") if p.strip())
+    config = ExportConfig(batch=_batch_triple(batch_text), opset=opset, fp16=fp16, int8=int8, calib=calib,
+                          int8_backend=int8_backend, trt=trt, workspace_gib=workspace, triton=triton,
+                          triton_precision=triton_precision, **extra)
+    if dry_run:
+        click.echo(json.dumps({"ckpt": ckpt, "output": out_dir, "export": json.loads(config.to_json())}, indent=1))
+        return
+    manifest = export(ckpt, out_dir, config, log=click.echo)
+    click.echo(f"wrote {out_dir}: " + ", ".join(a["file"] for a in manifest["artifacts"]) + ", manifest.json")
+
+
+@cli.command("export")
+@_export_options
+def export_command(**kwargs: Any) -> None:
+    """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository."""
+    _run_export(**kwargs)
+
+
+@click.command("nerfgan-export")
+@_export_options
+def export_cli(**kwargs: Any) -> None:
+    """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository."""
+    _run_export(**kwargs)
+
+
+def _standalone(command: click.Command, name: str, argv: Sequence[str] | None) -> None:
+    try:
+        rv = command.main(args=list(argv) if argv is not None else None, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -248,6 +340,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def export_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``nerfgan-export``."""
+    _standalone(export_cli, "nerfgan-export", argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``nerfgan`` command."""
+    _standalone(cli, "nerfgan", argv)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,7 @@ class PoseError(UsageError):
 
 class MissingDependencyError(NerfganError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ExportMismatchError(NerfganError):
+    """An exported artifact failed its validation gate; the message lists every output that missed."""

@@ -29,3 +29,23 @@ def tiny_teacher(reference):
     from nerfgan.teacher.checkpoint import build_teacher
 
     return build_teacher(reference.config, reference.state, source=str(REFERENCE_NPZ))
+
+
+@pytest.fixture(scope="session")
+def tiny_student_path(tmp_path_factory, tiny_teacher):
+    """A tiny student file (the teacher's mapping and super-resolution, seeded random synthesis)."""
+    from nerfgan.student.checkpoint import save_student
+    from nerfgan.student.config import student_preset
+    from nerfgan.student.generator import StudentGenerator
+
+    torch.manual_seed(0)
+    student = StudentGenerator.from_teacher(student_preset("tiny", tiny_teacher.config), tiny_teacher).eval()
+    return save_student(student, tmp_path_factory.mktemp("student") / "student.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_calib_path(tmp_path_factory, tiny_student_path):
+    """A calibration file of 8 teacher renders for the tiny student (seed 0)."""
+    from nerfgan.calibrate.calibset import make_calibration_set
+
+    return make_calibration_set("tiny", tiny_student_path, 8, tmp_path_factory.mktemp("calib") / "calib.npz", seed=0)

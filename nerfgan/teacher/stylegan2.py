@@ -51,7 +51,7 @@ def bias_act(
 
 def _depthwise_fir(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: float) -> torch.Tensor:
     """Pad ``x`` (B, C, H, W) by (before, after) on both axes, then filter every channel with ``f * gain``."""
-    C = x.shape[1]
+    C = int(x.shape[1])  # a constant when traced for ONNX: the depthwise kernel needs a static shape
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
     w = (f * gain).flip([0, 1])[None, None].repeat(C, 1, 1, 1).to(x.dtype)
     return F.conv2d(x, w, groups=C)

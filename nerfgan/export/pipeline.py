@@ -1,0 +1,275 @@
+"""``nerfgan-export``: a student checkpoint -> validated ONNX files (+ FP16, INT8, TensorRT, Triton) and a manifest.
+
+Every artifact is written into a staging folder inside OUT_DIR, validated (nerfgan.export.validate),
+and only when every gate passed are they renamed into place, ``manifest.json`` last. A miss raises
+ExportMismatchError listing every output that missed, and OUT_DIR keeps what it had before.
+
+    OUT_DIR/mapping.onnx            (z, c_cond, psi) -> w                       float32
+    OUT_DIR/student.onnx            (w, c) -> image, image_raw                  float32
+    OUT_DIR/student_fp16.onnx       --fp16: float16 inside, float32 inputs/outputs
+    OUT_DIR/student_int8.onnx       --int8: symmetric per-channel Q/DQ
+    OUT_DIR/*.plan (+ .plan.json)   --trt: TensorRT engines with their sidecars
+    OUT_DIR/manifest.json           every artifact: sha256, precision, size, validation figures; the export config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nerfgan
+from nerfgan.calibrate.int8 import BACKENDS, DEFAULT_EXCLUDE
+from nerfgan.errors import InputFileError, UsageError
+from nerfgan.runtime import spec as S
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "nerfgan-export-manifest"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how to judge it (saved in manifest.json)."""
+
+    batch: tuple[int, int, int] = (1, 1, 16)  # min, opt, max batch: TensorRT profile, Triton max_batch_size
+    opset: int = 17  # ONNX opset
+    fp16: bool = False  # also write student_fp16.onnx
+    int8: bool = False  # also write student_int8.onnx (needs calib)
+    calib: str | None = None  # CALIB.npz from `nerfgan calibrate`
+    int8_exclude: tuple[str, ...] = DEFAULT_EXCLUDE  # node-name patterns kept in float ('depthwise' = FIR convs)
+    int8_backend: str = "auto"  # 'ort', 'modelopt', or 'auto' (ModelOpt when installed)
+    trt: bool = False  # build TensorRT plans of every ONNX file
+    workspace_gib: float = 4.0  # TensorRT builder workspace
+    triton: str | None = None  # REPO_DIR for a Triton model repository
+    triton_precision: str | None = None  # student precision served by Triton (default: the lowest exported)
+    validate_batches: tuple[int, ...] = (1, 3)  # batch sizes of the validation feeds
+    validate_seed: int = 1234  # seed of the validation samples
+    fp32_atol: float = 1e-4  # max |onnx - pytorch| for float32 files
+    fp16_min_psnr: float = 40.0  # dB against the float32 PyTorch student
+    int8_max_drop: float = 2.0  # dB of PSNR against the teacher the INT8 file may lose vs float32
+
+    def __post_init__(self) -> None:
+        lo, opt, hi = self.batch
+        if not 1 <= lo <= opt <= hi:
+            raise UsageError(f"--batch: need 1 <= MIN <= OPT <= MAX, got {lo},{opt},{hi}")
+        if not 9 <= self.opset <= 21:
+            raise UsageError(f"--opset: {self.opset} is outside the range this exporter writes (9-21; 17 recommended)")
+        if self.int8 and not self.calib:
+            raise UsageError("--int8 needs --calib CALIB.npz (make one with `nerfgan calibrate`)")
+        if self.int8_backend not in BACKENDS:
+            raise UsageError(f"--int8-backend: choose one of {', '.join(BACKENDS)}")
+        if self.triton_precision not in (None, *S.PRECISIONS):
+            raise UsageError(f"--triton-precision: choose one of {', '.join(S.PRECISIONS)}")
+        wanted = {"fp16": self.fp16, "int8": self.int8, "fp32": True}
+        if self.triton_precision and not wanted[self.triton_precision]:
+            raise UsageError(f"--triton-precision {self.triton_precision}: that precision is not being exported")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class Artifact:
+    file: str
+    kind: str  # 'mapping' or 'student'
+    precision: str
+    format: str  # 'onnx' or 'tensorrt'
+    checks: list[Any] = field(default_factory=list)  # validate.Check
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: ExportConfig = ExportConfig(),
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export, validate and install everything ``config`` asks for; returns the manifest."""
+    from nerfgan.export.to_onnx import file_sha256
+    from nerfgan.io import existing_file
+    from nerfgan.student.checkpoint import load_student
+
+    ckpt_path = existing_file(ckpt, "student checkpoint")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory (-o takes a directory)")
+    if config.trt:  # fail before any work when TensorRT or the GPU is missing
+        from nerfgan.export.tensorrt import gpu_info, import_tensorrt
+
+        import_tensorrt()
+        gpu_info()
+    calib = None
+    if config.int8:
+        from nerfgan.calibrate.calibset import load_calibration_set
+
+        calib = load_calibration_set(str(config.calib))
+    student = load_student(ckpt_path)
+    if calib is not None and calib.meta.get("teacher_config") != json.loads(student.config.teacher.to_json()):
+        raise InputFileError(f"{config.calib}: calibrated for another teacher config than {ckpt_path}'s")
+    sha = file_sha256(ckpt_path)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".nerfgan-export-", dir=out))
+    try:
+        artifacts = _make_all(student, sha, stage, config, calib, log)
+        misses = [c for a in artifacts for c in a.checks if not c.ok]
+        if misses:
+            from nerfgan.export.validate import raise_on_misses
+
+            raise_on_misses(misses)
+        manifest = _manifest(artifacts, stage, ckpt_path, sha, student, config)
+        if config.triton:
+            _triton(config, stage, artifacts, student, log)
+        for a in artifacts:
+            for name in [a.file] + ([a.file + ".json"] if a.format == "tensorrt" else []):
+                os.replace(stage / name, out / name)
+        from nerfgan.io import atomic_path
+
+        with atomic_path(out / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
+        return manifest
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
+              log: Callable[[str], None]) -> list[Artifact]:
+    from nerfgan.export import validate as V
+    from nerfgan.export.to_onnx import artifact_metadata, export_onnx, graph_for, specs_for, write_metadata
+
+    specs = specs_for(student)
+    artifacts: list[Artifact] = []
+    for kind in ("mapping", "student"):
+        name = f"{kind}.onnx"
+        export_onnx(student, kind, stage / name, config.opset)
+        write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.batch))
+        feeds = V.validation_feeds(student, specs[kind], config.validate_batches, config.validate_seed)
+        results = V.run_pair(V.torch_runner(graph_for(student, kind), specs[kind]), V.onnx_runner(stage / name), feeds)
+        artifacts.append(Artifact(name, kind, "fp32", "onnx", V.check_fp32(name, results, specs[kind], config.fp32_atol)))
+        _log_checks(artifacts[-1], log)
+    if config.fp16:
+        artifacts.append(_fp16(student, sha, stage, config, log))
+    if config.int8:
+        artifacts.append(_int8(student, sha, stage, config, calib, log))
+    if config.trt:
+        artifacts += _plans(student, stage, config, [a for a in artifacts if a.format == "onnx"], log)
+    return artifacts
+
+
+def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, log: Callable[[str], None]) -> Artifact:
+    import onnx
+
+    from nerfgan.calibrate.fp16 import to_fp16
+    from nerfgan.export import validate as V
+    from nerfgan.export.to_onnx import artifact_metadata, graph_for, specs_for, write_metadata
+
+    spec = specs_for(student)["student"]
+    name = "student_fp16.onnx"
+    model, kept, total = to_fp16(onnx.load(str(stage / "student.onnx")))
+    onnx.save(model, str(stage / name))
+    write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.batch))
+    feeds = V.validation_feeds(student, spec, config.validate_batches, config.validate_seed)
+    results = V.run_pair(V.torch_runner(graph_for(student, "student"), spec), V.onnx_runner(stage / name), feeds)
+    a = Artifact(name, "student", "fp16", "onnx", V.check_psnr_vs_reference(name, results, spec, config.fp16_min_psnr),
+                 {"nodes_kept_fp32": kept, "nodes": total})
+    _log_checks(a, log)
+    return a
+
+
+def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
+    from nerfgan.calibrate.int8 import quantize
+    from nerfgan.export import validate as V
+    from nerfgan.export.to_onnx import artifact_metadata, file_sha256, graph_for, specs_for, write_metadata
+
+    spec = specs_for(student)["student"]
+    name = "student_int8.onnx"
+    backend, excluded = quantize(stage / "student.onnx", stage / name, calib.student_inputs(), config.int8_exclude,
+                                 config.int8_backend)
+    meta = artifact_metadata(student, "student", "int8", sha, config.batch)
+    meta["nerfgan.calibration_sha256"] = file_sha256(calib.path)
+    write_metadata(stage / name, meta)
+    inputs = calib.student_inputs()
+    n, step = len(calib), 8
+    feeds = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
+    results = V.run_pair(V.torch_runner(graph_for(student, "student"), spec), V.onnx_runner(stage / name), feeds)
+    ref, cand = V._outputs(results, 0), V._outputs(results, 1)
+    fp32 = {k: np.concatenate([r[k] for r in ref]) for k in spec.output_names}
+    q = {k: np.concatenate([c[k] for c in cand]) for k in spec.output_names}
+    checks = V.check_psnr_drop_vs_teacher(name, fp32, q, calib.teacher_images(), config.int8_max_drop)
+    vs_fp32 = {k: float(np.mean(np.minimum(V.psnr(q[k], fp32[k]), 200.0))) for k in spec.output_names}
+    a = Artifact(name, "student", "int8", "onnx", checks,
+                 {"int8_backend": backend, "excluded_nodes": excluded, "calibration": str(calib.path),
+                  "calibration_samples": n, "psnr_db_vs_fp32": vs_fp32})
+    _log_checks(a, log)
+    return a
+
+
+def _plans(student: Any, stage: Path, config: ExportConfig, onnx_artifacts: list[Artifact],
+           log: Callable[[str], None]) -> list[Artifact]:
+    from nerfgan.export.tensorrt import build_engine
+    from nerfgan.export.to_onnx import read_metadata, specs_for
+
+    specs = specs_for(student)
+    plans = []
+    for a in onnx_artifacts:
+        name = a.file.replace(".onnx", ".plan")
+        build_engine(stage / a.file, stage / name, spec=specs[a.kind], batch=config.batch, precision=a.precision,
+                     workspace_gib=config.workspace_gib, timing_cache=stage.parent / ".nerfgan-timing.cache",
+                     onnx_metadata=read_metadata(stage / a.file), log=log)
+        plans.append(Artifact(name, a.kind, a.precision, "tensorrt", [], {"onnx": a.file}))
+        log(f"built {name} (TensorRT; validated through its ONNX file, see the notes)")
+    return plans
+
+
+def _triton(config: ExportConfig, stage: Path, artifacts: list[Artifact], student: Any, log: Callable[[str], None]) -> None:
+    from nerfgan.export.to_onnx import specs_for
+    from nerfgan.export.triton import write_triton_repository
+
+    order = ["int8", "fp16", "fp32"]
+    precision = config.triton_precision or next(p for p in order if any(a.precision == p for a in artifacts))
+    fmt = "tensorrt" if config.trt else "onnx"
+    student_file = next(a.file for a in artifacts if a.kind == "student" and a.precision == precision and a.format == fmt)
+    mapping_file = next(a.file for a in artifacts if a.kind == "mapping" and a.format == "onnx")
+    specs = specs_for(student)
+    write_triton_repository(str(config.triton), mapping_file=stage / mapping_file, student_file=stage / student_file,
+                            mapping_spec=specs["mapping"], student_spec=specs["student"],
+                            student_backend="tensorrt" if fmt == "tensorrt" else "onnxruntime",
+                            max_batch_size=config.batch[2], plan_max_batch=config.batch[2] if fmt == "tensorrt" else None,
+                            overwrite=True)
+    log(f"wrote Triton repository {config.triton} (student: {student_file})")
+
+
+def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:
+    for c in a.checks:
+        log(f"{'ok  ' if c.ok else 'MISS'} {c.describe()}")
+
+
+def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, student: Any, config: ExportConfig) -> dict[str, Any]:
+    from nerfgan.export.to_onnx import file_sha256, specs_for
+
+    specs = specs_for(student)
+    return {
+        "format": MANIFEST_FORMAT, "nerfgan_version": nerfgan.__version__,
+        "checkpoint": {"path": str(ckpt), "sha256": sha},
+        "student_config": json.loads(student.config.to_json()),
+        "export_config": json.loads(config.to_json()),
+        "artifacts": [{"file": a.file, "kind": a.kind, "precision": a.precision, "format": a.format,
+                       "sha256": file_sha256(stage / a.file), "bytes": (stage / a.file).stat().st_size,
+                       "io": json.loads(specs[a.kind].to_json()),
+                       "validation": [c.as_dict() for c in a.checks], **a.extra} for a in artifacts],
+    }
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise InputFileError(f"{path}: no export manifest (run nerfgan-export first)")
+    try:
+        m: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputFileError(f"{path}: unreadable manifest ({e})") from None
+    if m.get("format") != MANIFEST_FORMAT:
+        raise InputFileError(f"{path}: not a nerfgan export manifest")
+    return m

@@ -1,0 +1,383 @@
+"""A Triton Inference Server model repository for the two exported files, chained by an ensemble.
+
+    <repo>/README.md                          what is served and how to call it
+    <repo>/nerfgan_mapping/config.pbtxt       (z, c_cond, psi) -> w               onnxruntime_onnx
+    <repo>/nerfgan_mapping/1/model.onnx
+    <repo>/nerfgan_student/config.pbtxt       (w, c) -> image, image_raw           onnxruntime_onnx or tensorrt_plan
+    <repo>/nerfgan_student/1/model.onnx | model.plan
+    <repo>/nerfgan/config.pbtxt               ensemble: (z, c_cond, psi, c) -> image, image_raw; w stays server-side
+    <repo>/nerfgan/1/                         empty (Triton wants a version directory for an ensemble too)
+
+Tensor names, shapes and dtypes come from nerfgan.runtime.spec. Every model batches
+(max_batch_size >= 1), so the batch axis ``B`` is implicit and left out of ``dims``; a tensor that is
+only ``(B,)`` (psi) is declared ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }`` so the model sees (B,).
+
+The config.pbtxt files are written as protobuf text format by this module (no tritonclient needed).
+The repository is built in a temporary directory beside its destination and renamed into place, so
+a failed or interrupted run leaves no half-written repository behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nerfgan.errors import ConfigError, InputFileError, UsageError
+from nerfgan.runtime.spec import BATCH, ModelSpec, TensorSpec
+
+VERSION = 1  # the one model version written
+BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+TRITON_DTYPES = {  # numpy dtype name -> Triton DataType
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32", "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16",
+}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class TritonNames:
+    """Model names in the repository; each is also its directory name."""
+
+    mapping: str = "nerfgan_mapping"  # EG3D's mapping network (model.onnx)
+    student: str = "nerfgan_student"  # the distilled generator (model.onnx or model.plan)
+    ensemble: str = "nerfgan"  # mapping -> student, the model clients call
+
+    def __post_init__(self) -> None:
+        for option, name in (("names.mapping", self.mapping), ("names.student", self.student),
+                             ("names.ensemble", self.ensemble)):
+            if not _NAME.fullmatch(name):
+                raise UsageError(f"{option}: {name!r} is not a valid model/directory name "
+                                 "(letters, digits, '_', '.', '-'; not starting with '.' or '-')")
+        if len({self.mapping, self.student, self.ensemble}) != 3:
+            raise UsageError(f"names: the mapping, student and ensemble names must differ, got {self}")
+
+
+@dataclass(frozen=True)
+class TritonServing:
+    """How Triton batches and places the mapping and student models (the ensemble only forwards)."""
+
+    max_batch_size: int  # largest batch Triton forms or accepts; >= 1
+    instance_kind: str = "KIND_AUTO"  # one of INSTANCE_KINDS
+    instance_count: int = 1  # model instances per device (KIND_GPU) or in all (KIND_CPU)
+    dynamic_batching: bool = True  # let Triton merge requests into batches
+    preferred_batch_sizes: tuple[int, ...] = ()  # batch sizes the scheduler aims for; () = as large as possible
+    max_queue_delay_us: int = 100  # microseconds a request may wait for others to batch with
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise UsageError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise UsageError(f"instance_kind: must be one of {', '.join(INSTANCE_KINDS)}, got {self.instance_kind!r}")
+        if self.instance_count < 1:
+            raise UsageError(f"instance_count: must be >= 1, got {self.instance_count}")
+        if self.max_queue_delay_us < 0:
+            raise UsageError(f"max_queue_delay_us: must be >= 0, got {self.max_queue_delay_us}")
+        if self.preferred_batch_sizes and not self.dynamic_batching:
+            raise UsageError("preferred_batch_sizes: given, but dynamic_batching is off")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise UsageError(f"preferred_batch_sizes: {bad} outside 1..max_batch_size ({self.max_batch_size})")
+
+
+def triton_dtype(tensor: TensorSpec, model: str) -> str:
+    """Triton's TYPE_* name for the tensor's numpy dtype; ConfigError naming the tensor if it has none."""
+    try:
+        return TRITON_DTYPES[tensor.dtype]
+    except KeyError:
+        raise ConfigError(f"{model}: tensor {tensor.name!r} has dtype {tensor.dtype!r}, which Triton config has no "
+                          f"type for (known: {', '.join(TRITON_DTYPES)})") from None
+
+
+def triton_dims(tensor: TensorSpec, model: str) -> tuple[list[int], list[int] | None]:
+    """(dims, reshape) of a batched tensor: its shape without the leading 'B'; (B,) -> ([1], [])."""
+    if not tensor.shape or tensor.shape[0] != BATCH:
+        raise ConfigError(f"{model}: tensor {tensor.name!r} has shape {tensor.shape}; Triton batching needs the batch "
+                          f"axis {BATCH!r} first")
+    rest = tensor.shape[1:]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in rest):
+        raise ConfigError(f"{model}: tensor {tensor.name!r} has shape {tensor.shape}; only the first axis may be "
+                          f"{BATCH!r}, the others must be positive integers")
+    dims = [int(d) for d in rest]
+    return (dims, None) if dims else ([1], [])
+
+
+def model_config_text(name: str, spec: ModelSpec, platform: str, serving: TritonServing) -> str:
+    """config.pbtxt of one composing model (the mapping or the student)."""
+    parts = [
+        f"name: {_quote(name)}",
+        f"platform: {_quote(platform)}",
+        f"max_batch_size: {serving.max_batch_size}",
+        _repeated("input", [_tensor_fields(t, name) for t in spec.inputs]),
+        _repeated("output", [_tensor_fields(t, name) for t in spec.outputs]),
+        _repeated("instance_group", [[f"count: {serving.instance_count}", f"kind: {serving.instance_kind}"]]),
+    ]
+    if serving.dynamic_batching:
+        parts.append(_dynamic_batching(serving))
+    return "\n".join(parts) + "\n"
+
+
+def ensemble_config_text(names: TritonNames, mapping_spec: ModelSpec, student_spec: ModelSpec,
+                         max_batch_size: int) -> str:
+    """config.pbtxt of the ensemble: inputs = mapping inputs + the student's other inputs, outputs = the student's.
+
+    The mapping's one output (w) is the intermediate tensor that feeds the student input of the same name.
+    """
+    wire = link_tensor(mapping_spec, student_spec)
+    inputs = list(mapping_spec.inputs) + [t for t in student_spec.inputs if t.name != wire]
+    _check_unique([t.name for t in inputs] + [wire] + student_spec.output_names, names.ensemble)
+    steps = [
+        _step(names.mapping, mapping_spec.input_names, mapping_spec.output_names),
+        _step(names.student, student_spec.input_names, student_spec.output_names),
+    ]
+    return "\n".join([
+        f"name: {_quote(names.ensemble)}",
+        f"platform: {_quote('ensemble')}",
+        f"max_batch_size: {max_batch_size}",
+        _repeated("input", [_tensor_fields(t, names.ensemble) for t in inputs]),
+        _repeated("output", [_tensor_fields(t, names.ensemble) for t in student_spec.outputs]),
+        "ensemble_scheduling {",
+        _indent(_repeated("step", steps)),
+        "}",
+    ]) + "\n"
+
+
+def link_tensor(mapping_spec: ModelSpec, student_spec: ModelSpec) -> str:
+    """Name of the tensor the mapping hands the student (w); ConfigError unless exactly one output matches an input."""
+    if len(mapping_spec.outputs) != 1:
+        raise ConfigError(f"mapping spec: expected one output to feed the student, got {mapping_spec.output_names}")
+    out = mapping_spec.outputs[0]
+    if out.name not in student_spec.input_names:
+        raise ConfigError(f"student spec: no input named {out.name!r} to take the mapping's output "
+                          f"(inputs: {student_spec.input_names})")
+    inp = student_spec.input(out.name)
+    if (inp.shape, inp.dtype) != (out.shape, out.dtype):
+        raise ConfigError(f"specs disagree on {out.name!r}: the mapping outputs {out.shape} {out.dtype}, the student "
+                          f"takes {inp.shape} {inp.dtype}")
+    return out.name
+
+
+def repository_readme(names: TritonNames, mapping_spec: ModelSpec, student_spec: ModelSpec, student_backend: str,
+                      max_batch_size: int) -> str:
+    """README.md of the repository: the models, their tensors, and how to serve and call the ensemble."""
+    wire = link_tensor(mapping_spec, student_spec)
+    inputs = list(mapping_spec.inputs) + [t for t in student_spec.inputs if t.name != wire]
+    tensors = [f"- input `{t.name}` {_shape_text(t)} {t.dtype}: {t.doc}" for t in inputs]
+    tensors += [f"- output `{t.name}` {_shape_text(t)} {t.dtype}: {t.doc}" for t in student_spec.outputs]
+    feeds = "\n".join(f"    {t.name!r}: np.zeros({t.concrete(1)}, np.{t.dtype})," for t in inputs)
+    platform, file_name = BACKENDS[student_backend]
+    return f"""# nerfgan Triton model repository
+
+| model | platform | file |
+|---|---|---|
+| `{names.mapping}` | onnxruntime_onnx | `{names.mapping}/{VERSION}/model.onnx` |
+| `{names.student}` | {platform} | `{names.student}/{VERSION}/{file_name}` |
+| `{names.ensemble}` | ensemble | `{names.mapping}` -> `{names.student}`; `{wire}` stays on the server |
+
+Clients call `{names.ensemble}`, batch B <= {max_batch_size}:
+
+{chr(10).join(tensors)}
+
+```sh
+tritonserver --model-repository=/path/to/this/directory
+```
+
+```python
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
+
+feeds = {{  # replace with real latents, psi and cameras (nerfgan.camera)
+{feeds}
+}}
+inputs = [httpclient.InferInput(k, list(v.shape), np_to_triton_dtype(v.dtype)) for k, v in feeds.items()]
+for i, v in zip(inputs, feeds.values()):
+    i.set_data_from_numpy(v)
+client = httpclient.InferenceServerClient("localhost:8000")
+result = client.infer("{names.ensemble}", inputs)
+image = result.as_numpy("{student_spec.outputs[0].name}")
+```
+"""
+
+
+def write_triton_repository(
+    repo_dir: str | os.PathLike[str],
+    *,
+    mapping_file: str | os.PathLike[str],
+    student_file: str | os.PathLike[str],
+    mapping_spec: ModelSpec,
+    student_spec: ModelSpec,
+    student_backend: str,
+    max_batch_size: int,
+    instance_kind: str = "KIND_AUTO",
+    instance_count: int = 1,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    max_queue_delay_us: int = 100,
+    names: TritonNames = TritonNames(),
+    plan_max_batch: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the repository (see the module docstring) to ``repo_dir`` atomically and return its absolute path.
+
+    mapping_file: the mapping ONNX file; student_file: the student ONNX file or TensorRT plan, per
+    ``student_backend`` ('onnxruntime' or 'tensorrt'). plan_max_batch: the largest batch of the plan's
+    optimisation profile, if known; a plan must cover max_batch_size. An existing non-empty ``repo_dir``
+    is refused unless ``overwrite``, and then replaced only once the new repository is complete.
+    """
+    serving = TritonServing(max_batch_size, instance_kind, instance_count, dynamic_batching,
+                            tuple(preferred_batch_sizes or ()), max_queue_delay_us)
+    _check_backend(student_backend, student_file, max_batch_size, plan_max_batch, instance_kind)
+    _check_inputs({"mapping_file": mapping_file, "student_file": student_file})
+    repo = Path(os.path.abspath(repo_dir))  # '.', 'a/..' and trailing slashes name a real directory and parent
+    _check_destination(repo, overwrite)
+    texts = _repository_texts(names, mapping_spec, student_spec, student_backend, serving)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", suffix=".tmp", dir=repo.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the repository the usual permissions
+        _fill(tmp, texts, {names.mapping: (Path(mapping_file), "model.onnx"),
+                           names.student: (Path(student_file), BACKENDS[student_backend][1])}, names.ensemble)
+        _move_into_place(tmp, repo)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return repo
+
+
+def _repository_texts(names: TritonNames, mapping_spec: ModelSpec, student_spec: ModelSpec, student_backend: str,
+                      serving: TritonServing) -> dict[str, str]:
+    """Relative path -> text of every text file in the repository (all rendered before anything is written)."""
+    return {
+        f"{names.mapping}/config.pbtxt": model_config_text(names.mapping, mapping_spec, "onnxruntime_onnx", serving),
+        f"{names.student}/config.pbtxt": model_config_text(names.student, student_spec,
+                                                           BACKENDS[student_backend][0], serving),
+        f"{names.ensemble}/config.pbtxt": ensemble_config_text(names, mapping_spec, student_spec,
+                                                               serving.max_batch_size),
+        "README.md": repository_readme(names, mapping_spec, student_spec, student_backend, serving.max_batch_size),
+    }
+
+
+def _fill(root: Path, texts: dict[str, str], files: dict[str, tuple[Path, str]], ensemble: str) -> None:
+    """Write the texts, copy each model file to <model>/<VERSION>/<file name>, make the ensemble's version dir."""
+    for model, (source, file_name) in files.items():
+        (root / model / str(VERSION)).mkdir(parents=True)
+        shutil.copyfile(source, root / model / str(VERSION) / file_name)
+    (root / ensemble / str(VERSION)).mkdir(parents=True)
+    for rel, text in texts.items():
+        (root / rel).write_text(text, encoding="utf-8")
+
+
+def _move_into_place(tmp: Path, repo: Path) -> None:
+    """Rename the finished ``tmp`` to ``repo``; an existing ``repo`` is set aside first and deleted only after."""
+    if not repo.exists():
+        os.replace(tmp, repo)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", suffix=".old", dir=repo.parent))
+    try:
+        os.replace(repo, holder / repo.name)
+        try:
+            os.replace(tmp, repo)
+        except BaseException:
+            os.replace(holder / repo.name, repo)
+            raise
+    finally:
+        shutil.rmtree(holder)
+
+
+def _check_backend(backend: str, student_file: str | os.PathLike[str], max_batch_size: int,
+                   plan_max_batch: int | None, instance_kind: str) -> None:
+    if backend not in BACKENDS:
+        raise UsageError(f"student_backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    suffix = Path(student_file).suffix.lower()
+    if suffix in {"onnxruntime": (".plan", ".engine", ".trt"), "tensorrt": (".onnx",)}[backend]:
+        raise UsageError(f"{student_file}: student_backend is {backend!r}, which does not take a {suffix} file")
+    if backend == "tensorrt" and instance_kind == "KIND_CPU":
+        raise UsageError("instance_kind: KIND_CPU cannot run a TensorRT plan; use KIND_GPU or KIND_AUTO")
+    if backend == "tensorrt" and plan_max_batch is not None and max_batch_size > plan_max_batch:
+        raise UsageError(f"max_batch_size: {max_batch_size} exceeds the plan's optimisation profile maximum "
+                         f"({plan_max_batch}) of {student_file}; rebuild the plan or lower max_batch_size")
+
+
+def _check_inputs(files: dict[str, str | os.PathLike[str]]) -> None:
+    """InputFileError naming every model file that is missing or not a regular file."""
+    problems = [f"{option} {path}: {'not a regular file' if Path(path).exists() else 'not found'}"
+                for option, path in files.items() if not Path(path).is_file()]
+    if problems:
+        raise InputFileError("; ".join(problems))
+
+
+def _check_destination(repo: Path, overwrite: bool) -> None:
+    if repo.parent == repo:
+        raise UsageError(f"{repo}: cannot be the model repository (it has no parent to build it in)")
+    if repo.exists() and not repo.is_dir():
+        raise UsageError(f"{repo}: exists and is not a directory; give a directory for the model repository")
+    if repo.is_dir() and any(repo.iterdir()) and not overwrite:
+        raise UsageError(f"{repo}: model repository directory exists and is not empty; pass overwrite to replace it")
+
+
+def _check_unique(tensor_names: list[str], model: str) -> None:
+    duplicates = sorted({n for n in tensor_names if tensor_names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{model}: ensemble tensor names collide: {duplicates} (mapping and student specs share "
+                          "names other than the mapping's output)")
+
+
+def _tensor_fields(tensor: TensorSpec, model: str) -> list[str]:
+    """The fields of one input/output entry: name, data_type, dims and, for a (B,) tensor, reshape."""
+    dims, reshape = triton_dims(tensor, model)
+    fields = [f"name: {_quote(tensor.name)}", f"data_type: {triton_dtype(tensor, model)}", f"dims: {_ints(dims)}"]
+    if reshape is not None:
+        fields.append(f"reshape: {{ shape: {_ints(reshape)} }}")
+    return fields
+
+
+def _step(model: str, inputs: list[str], outputs: list[str]) -> list[str]:
+    """One ensemble step; composing-model tensor names map to ensemble tensors of the same name."""
+    fields = [f"model_name: {_quote(model)}", "model_version: -1"]
+    fields += [f"input_map {{ key: {_quote(n)} value: {_quote(n)} }}" for n in inputs]
+    fields += [f"output_map {{ key: {_quote(n)} value: {_quote(n)} }}" for n in outputs]
+    return fields
+
+
+def _dynamic_batching(serving: TritonServing) -> str:
+    fields = [f"preferred_batch_size: {_ints(list(serving.preferred_batch_sizes))}"] if serving.preferred_batch_sizes else []
+    fields.append(f"max_queue_delay_microseconds: {serving.max_queue_delay_us}")
+    return "dynamic_batching {\n" + _indent("\n".join(fields)) + "\n}"
+
+
+def _repeated(field: str, entries: list[list[str]]) -> str:
+    """``field [ { ... }, { ... } ]`` with one message per entry (each a list of field lines)."""
+    blocks = ["{\n" + _indent("\n".join(lines)) + "\n}" for lines in entries]
+    return f"{field} [\n" + _indent(",\n".join(blocks)) + "\n]"
+
+
+def _indent(text: str, by: str = "  ") -> str:
+    return "\n".join(by + line if line else line for line in text.split("\n"))
+
+
+def _ints(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]" if values else "[ ]"
+
+
+def _quote(text: str) -> str:
+    if not text.isprintable():
+        raise ConfigError(f"{text!r}: names in a Triton config must be printable")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _shape_text(tensor: TensorSpec) -> str:
+    return "(" + ", ".join(str(d) for d in tensor.shape) + (",)" if len(tensor.shape) == 1 else ")")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

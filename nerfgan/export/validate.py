@@ -1,0 +1,203 @@
+"""Validation gates: every exported file is run and compared before it gets its final name.
+
+Polygraphy drives both sides (its ONNX Runtime runner and a PyTorch runner on the CPU, through its
+Comparator) on random seeds and poses at batch 1 and 3, and judges FP32 with its SimpleCompareFunc
+(max absolute error). The gates, one per precision (thresholds in ExportConfig):
+
+    fp32  every output's max |onnx - pytorch| <= fp32_atol (1e-4)
+    fp16  every output's PSNR against the FP32 PyTorch student >= fp16_min_psnr (40 dB)
+    int8  for every output, PSNR(INT8 vs teacher) >= PSNR(FP32 student vs teacher) - int8_max_drop (2 dB),
+          on the calibration file's samples and teacher renders
+
+PSNR here is nerfgan's everywhere: images in [-1, 1], data range 2, per sample, averaged (Polygraphy's
+own PSNR takes the reference's maximum as the peak, which would not match our other figures).
+A miss raises ExportMismatchError listing every output that missed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from nerfgan.errors import ExportMismatchError
+from nerfgan.runtime import spec as S
+
+if TYPE_CHECKING:
+    from nerfgan.student.generator import StudentGenerator
+
+
+@dataclass(frozen=True)
+class Check:
+    """One output of one artifact against one gate."""
+
+    artifact: str
+    output: str
+    metric: str  # 'max_abs_error', 'psnr_db_vs_fp32' or 'psnr_drop_db_vs_teacher'
+    value: float
+    threshold: float
+    ok: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        rel = "<=" if self.metric in ("max_abs_error", "psnr_drop_db_vs_teacher") else ">="
+        return f"{self.artifact}:{self.output} {self.metric} {self.value:.4g} (needs {rel} {self.threshold:g}){self.detail}"
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> np.ndarray:
+    """Per-sample PSNR (B,) in dB of images in [-1, 1] (both clipped to the range first)."""
+    a = np.clip(a.astype(np.float64), -1, 1)
+    b = np.clip(b.astype(np.float64), -1, 1)
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    return np.where(mse > 0, 10 * np.log10(data_range ** 2 / np.maximum(mse, 1e-30)), np.inf)
+
+
+def raise_on_misses(checks: Sequence[Check]) -> None:
+    missed = [c for c in checks if not c.ok]
+    if missed:
+        raise ExportMismatchError(f"{len(missed)} output(s) missed their gate: " + "; ".join(c.describe() for c in missed))
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+def validation_feeds(student: StudentGenerator, spec: S.ModelSpec, batches: Sequence[int] = (1, 3),
+                     seed: int = 1234) -> list[dict[str, np.ndarray]]:
+    """Random seeds and poses from the training pose distribution, one feed per batch size."""
+    from nerfgan.sampling import PoseDistribution, draw
+
+    cfg = student.config
+    r = cfg.teacher.rendering
+    feeds, start = [], 0
+    for b in batches:
+        s = draw(seed, range(start, start + b), PoseDistribution(), r.avg_camera_radius, r.avg_camera_pivot,
+                 cfg.teacher.z_dim)
+        start += b
+        if spec.kind == "mapping":
+            feeds.append({"z": s.z, "c_cond": s.c_cond, "psi": s.psi})
+        else:
+            with torch.no_grad():
+                w = student.teacher_mapping(torch.from_numpy(s.z), torch.from_numpy(s.c_cond),
+                                            torch.from_numpy(s.psi)).numpy()
+            feeds.append({"w": w, "c": s.c})
+    return feeds
+
+
+# --- runners -----------------------------------------------------------------------------------------
+def _polygraphy() -> Any:
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    import polygraphy
+
+    return polygraphy
+
+
+def torch_runner(module: torch.nn.Module, spec: S.ModelSpec, name: str = "pytorch") -> Any:
+    """A Polygraphy runner for a torch module on the CPU (Polygraphy's own PytRunner moves inputs to CUDA)."""
+    _polygraphy()
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class TorchRunner(BaseRunner):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name=name, prefix="pytorch-cpu-runner")
+
+        def activate_impl(self) -> None:
+            module.eval()
+
+        def get_input_metadata_impl(self) -> Any:
+            meta = TensorMetadata()
+            for t in spec.inputs:
+                meta.add(t.name, dtype=np.dtype(t.dtype), shape=[-1 if d == S.BATCH else d for d in t.shape])
+            return meta
+
+        def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+            start = time.time()
+            with torch.no_grad():
+                out = module(*[torch.from_numpy(np.asarray(feed_dict[n])) for n in spec.input_names])
+            outs = out if isinstance(out, tuple) else (out,)
+            self.inference_time = time.time() - start
+            return OrderedDict((n, o.numpy()) for n, o in zip(spec.output_names, outs))
+
+        def deactivate_impl(self) -> None:
+            pass
+
+    return TorchRunner()
+
+
+def onnx_runner(path: str | os.PathLike[str], name: str | None = None) -> Any:
+    _polygraphy()
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=name or os.path.basename(path))
+
+
+def run_pair(reference: Any, candidate: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Any:
+    """Polygraphy's Comparator runs both runners on every feed; returns its RunResults."""
+    _polygraphy()
+    from polygraphy.comparator import Comparator
+
+    return Comparator.run([reference, candidate], data_loader=[OrderedDict(f) for f in feeds])
+
+
+def _outputs(results: Any, runner_index: int) -> list[dict[str, np.ndarray]]:
+    _, iterations = list(results.items())[runner_index]
+    return [{k: np.asarray(v) for k, v in it.items()} for it in iterations]
+
+
+# --- gates -------------------------------------------------------------------------------------------
+def check_fp32(artifact: str, results: Any, spec: S.ModelSpec, atol: float) -> list[Check]:
+    """Max absolute error per output over all feeds; the verdict is Polygraphy's SimpleCompareFunc."""
+    _polygraphy()
+    from polygraphy.comparator import Comparator
+    from polygraphy.comparator.compare import SimpleCompareFunc
+
+    verdict = Comparator.compare_accuracy(
+        results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max", check_shapes=True))
+    per_output: dict[str, bool] = {n: True for n in spec.output_names}
+    for accuracy in verdict:  # one AccuracyResult per compare func: {runner pair: [ {output: result} per feed ]}
+        for iterations in accuracy.values():
+            for it in iterations:
+                for n, res in it.items():
+                    per_output[n] = per_output.get(n, True) and bool(res)
+    ref, cand = _outputs(results, 0), _outputs(results, 1)
+    checks = []
+    for n in spec.output_names:
+        err = max(float(np.abs(r[n].astype(np.float64) - c[n]).max()) if r[n].shape == c[n].shape else float("inf")
+                  for r, c in zip(ref, cand))
+        checks.append(Check(artifact, n, "max_abs_error", err, atol, per_output[n] and err <= atol))
+    return checks
+
+
+def check_psnr_vs_reference(artifact: str, results: Any, spec: S.ModelSpec, min_psnr: float) -> list[Check]:
+    """Mean per-sample PSNR of the candidate (runner 1) against the reference (runner 0), per image output."""
+    ref, cand = _outputs(results, 0), _outputs(results, 1)
+    checks = []
+    for n in spec.output_names:
+        vals = np.concatenate([psnr(c[n], r[n]) for r, c in zip(ref, cand)])
+        value = float(np.mean(np.minimum(vals, 200.0)))  # identical outputs count as 200 dB
+        ok = bool(np.all(np.isfinite(np.concatenate([c[n].ravel() for c in cand])))) and value >= min_psnr
+        checks.append(Check(artifact, n, "psnr_db_vs_fp32", value, min_psnr, ok))
+    return checks
+
+
+def check_psnr_drop_vs_teacher(artifact: str, fp32: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                               teacher: dict[str, np.ndarray], max_drop: float) -> list[Check]:
+    """For each output: PSNR(fp32 vs teacher) - PSNR(candidate vs teacher) <= max_drop (means over samples)."""
+    checks = []
+    for n in teacher:
+        p32 = float(np.mean(np.minimum(psnr(fp32[n], teacher[n]), 200.0)))
+        pq = float(np.mean(np.minimum(psnr(candidate[n], teacher[n]), 200.0)))
+        finite = bool(np.all(np.isfinite(candidate[n])))
+        drop = p32 - pq if finite else float("inf")
+        checks.append(Check(artifact, n, "psnr_drop_db_vs_teacher", drop, max_drop, drop <= max_drop,
+                            f" [fp32 {p32:.2f} dB, candidate {pq:.2f} dB vs teacher]"))
+    return checks

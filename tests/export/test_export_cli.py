@@ -1,0 +1,76 @@
+"""nerfgan-export and nerfgan calibrate from the command line: happy path, and one clear line per mistake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from nerfgan.cli import export_main, main
+
+
+def run(entry, args, capsys):
+    with pytest.raises(SystemExit) as e:
+        entry([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_calibrate_then_export_fp32_fp16_int8_and_triton(tmp_path, tiny_student_path, capsys):
+    code, out, err = run(main, ["calibrate", "--ckpt", tiny_student_path, "--n", 4, "-o", tmp_path / "calib.npz"], capsys)
+    assert code == 0, err
+    assert "wrote" in out and (tmp_path / "calib.npz").is_file()
+    code, out, err = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--int8",
+                                       "--calib", tmp_path / "calib.npz", "--triton", tmp_path / "repo",
+                                       "--batch", "1,2,8"], capsys)
+    assert code == 0, err
+    assert "ok   student.onnx:image max_abs_error" in out and "MISS" not in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["export_config"]["batch"] == [1, 2, 8]
+    assert {a["file"] for a in manifest["artifacts"]} == {"mapping.onnx", "student.onnx", "student_fp16.onnx",
+                                                        "student_int8.onnx"}
+    assert "max_batch_size: 8" in (tmp_path / "repo" / "nerfgan_student" / "config.pbtxt").read_text()
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, tiny_student_path, capsys):
+    code, out, _ = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--batch", "8",
+                                     "--int8-exclude", "*/torgb/*", "--dry-run"], capsys)
+    assert code == 0
+    cfg = json.loads(out)["export"]
+    assert cfg["fp16"] is True and cfg["batch"] == [1, 8, 8] and cfg["int8_exclude"] == ["*/torgb/*"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--int8"], 2, "--int8 needs --calib"),
+    (["--batch", "4,2,1"], 2, "--batch: need 1 <= MIN <= OPT <= MAX"),
+    (["--batch", "a,b"], 2, "--batch: expected MIN,OPT,MAX"),
+    (["--opset", "5"], 2, "--opset: 5"),
+    (["--triton-precision", "int8"], 2, "--triton-precision int8: that precision is not being exported"),
+    (["--trt"], 1, "nerfgan[tensorrt]"),
+    (["--int8", "--calib", "missing.npz"], 1, "missing.npz: calibration file not found"),
+])
+def test_mistakes_print_one_line(tmp_path, tiny_student_path, capsys, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    got, out, err = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", *args], capsys)
+    assert got == code
+    assert message in err and err.startswith("Error") and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_missing_or_wrong_checkpoint(tmp_path, capsys):
+    code, _, err = run(export_main, ["--ckpt", tmp_path / "nope.safetensors", "-o", tmp_path / "out"], capsys)
+    assert code == 1 and "nope.safetensors: student checkpoint not found" in err
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    code, _, err = run(export_main, ["--ckpt", tmp_path / "bad.safetensors", "-o", tmp_path / "out"], capsys)
+    assert code == 1 and "bad.safetensors" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("nerfgan-export")
+    if exe is None:
+        pytest.skip("nerfgan-export is not on PATH (package not installed with pip)")
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "--fp16" in r.stdout and "--calib" in r.stdout

@@ -1,0 +1,243 @@
+"""nerfgan-export end to end on the tiny student: files, metadata, manifest, gates both ways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from nerfgan.errors import ExportMismatchError
+from nerfgan.export import pipeline
+from nerfgan.export.pipeline import ExportConfig, export, read_manifest
+from nerfgan.export.to_onnx import file_sha256, read_metadata
+from nerfgan.runtime import spec as S
+from nerfgan.student.checkpoint import load_student
+from nerfgan.student.config import StudentConfig
+
+
+def session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_student_path, tiny_calib_path):
+    out = tmp_path_factory.mktemp("export")
+    repo = out / "triton"
+    manifest = export(tiny_student_path, out / "onnx", ExportConfig(fp16=True, int8=True, calib=str(tiny_calib_path),
+                                                                   triton=str(repo)), log=lambda s: None)
+    return out / "onnx", repo, manifest
+
+
+def test_files_manifest_and_metadata(exported, tiny_student_path):
+    out, _, manifest = exported
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["manifest.json", "mapping.onnx", "student.onnx", "student_fp16.onnx", "student_int8.onnx"]
+    assert read_manifest(out) == manifest
+    ckpt_sha = file_sha256(tiny_student_path)
+    assert manifest["checkpoint"]["sha256"] == ckpt_sha
+    precisions = {a["file"]: a["precision"] for a in manifest["artifacts"]}
+    assert precisions == {"mapping.onnx": "fp32", "student.onnx": "fp32", "student_fp16.onnx": "fp16",
+                          "student_int8.onnx": "int8"}
+    for a in manifest["artifacts"]:
+        assert a["sha256"] == file_sha256(out / a["file"])
+        assert a["validation"] and all(c["ok"] for c in a["validation"])
+        meta = read_metadata(out / a["file"])
+        assert meta[S.META_FORMAT] == S.FORMAT and meta[S.META_KIND] == a["kind"]
+        assert meta[S.META_PRECISION] == a["precision"] and meta[S.META_CHECKPOINT] == ckpt_sha
+        assert StudentConfig.from_json(meta[S.META_CONFIG]) == load_student(tiny_student_path).config
+        spec = S.ModelSpec.from_json(meta[S.META_IO])
+        model = onnx.load(str(out / a["file"]))
+        assert [i.name for i in model.graph.input] == spec.input_names
+        assert [o.name for o in model.graph.output] == spec.output_names
+        assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
+        assert json.loads(meta[S.META_BATCH]) == [1, 1, 16]
+    fp32 = {c["output"]: c["value"] for c in manifest["artifacts"][1]["validation"]}
+    assert set(fp32) == {"image", "image_raw"} and max(fp32.values()) <= 1e-4
+    assert not list(out.glob(".nerfgan-export-*")), "staging folder left behind"
+
+
+def test_onnx_chain_matches_pytorch_at_any_batch(exported, tiny_student_path):
+    out, _, _ = exported
+    student = load_student(tiny_student_path)
+    mapping, synth = session(out / "mapping.onnx"), session(out / "student.onnx")
+    from nerfgan import camera
+
+    for b in (1, 5):
+        rng = np.random.default_rng(b)
+        z = rng.standard_normal((b, 512)).astype(np.float32)
+        c_cond = np.repeat(camera.frontal()[None], b, 0).astype(np.float32)
+        c = camera.pose(np.linspace(-30, 30, b), np.zeros(b)).reshape(b, 25).astype(np.float32)
+        psi = np.linspace(0.5, 1.0, b).astype(np.float32)
+        (w,) = mapping.run(None, {"z": z, "c_cond": c_cond, "psi": psi})
+        image, image_raw = synth.run(None, {"w": w, "c": c})
+        with torch.no_grad():
+            ref = student.generate(torch.from_numpy(z), torch.from_numpy(c_cond), torch.from_numpy(c), torch.from_numpy(psi))
+        assert image.shape == (b, 3, 128, 128) and image_raw.shape == (b, 3, 64, 64)
+        assert np.abs(image - ref.image.numpy()).max() < 1e-4
+        assert np.abs(image_raw - ref.image_raw.numpy()).max() < 1e-4
+
+
+def test_fp16_and_int8_files_are_what_they_claim(exported):
+    out, _, _ = exported
+    fp16 = onnx.load(str(out / "student_fp16.onnx"))
+    half = [t for t in fp16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(half) > 10, "no float16 weights in the FP16 file"
+    int8 = onnx.load(str(out / "student_int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
+
+
+def test_triton_repository_from_export(exported):
+    _, repo, _ = exported
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    student = text_format.Parse((repo / "nerfgan_student" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert student.platform == "onnxruntime_onnx" and student.max_batch_size == 16
+    served = repo / "nerfgan_student" / "1" / "model.onnx"
+    assert read_metadata(served)[S.META_PRECISION] == "int8"  # the lowest precision exported
+    assert (repo / "nerfgan_mapping" / "1" / "model.onnx").is_file()
+
+
+# --- each gate fails on a deliberately broken artifact, and nothing final is left ------------------
+def _assert_nothing_installed(out: Path, before: set[str]) -> None:
+    assert {p.name for p in out.iterdir()} == before
+
+
+def test_fp32_gate_fails_on_wrong_weights(tmp_path, tiny_student_path, monkeypatch):
+    from nerfgan.export import to_onnx
+
+    real = to_onnx.export_onnx
+
+    def broken(student, kind, path, opset=17):
+        if kind == "student":
+            student = load_student(tiny_student_path)
+            with torch.no_grad():
+                student.synthesis.b64.conv1.bias.add_(0.01)  # (a weight scale would be demodulated away)
+        return real(student, kind, path, opset)
+
+    monkeypatch.setattr(to_onnx, "export_onnx", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportMismatchError) as e:
+        export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    assert "student.onnx:image max_abs_error" in str(e.value) and "student.onnx:image_raw" in str(e.value)
+    assert "mapping.onnx" not in str(e.value)
+    _assert_nothing_installed(out, {"keep.txt"})
+
+
+def test_fp16_gate_fails_on_a_damaged_conversion(tmp_path, tiny_student_path, monkeypatch):
+    from nerfgan.calibrate import fp16
+
+    real = fp16.to_fp16
+
+    def damaged(model, extra_fp32_scopes=()):
+        converted, kept, total = real(model, extra_fp32_scopes)
+        conv = next(n for n in converted.graph.node if n.name == "/g/superresolution/block1/torgb/Conv")  # not demodulated
+        init = next(t for t in converted.graph.initializer if t.name in conv.input)
+        w = onnx.numpy_helper.to_array(init)
+        init.CopyFrom(onnx.numpy_helper.from_array((w * 1.1).astype(w.dtype), init.name))
+        return converted, kept, total
+
+    monkeypatch.setattr(fp16, "to_fp16", damaged)
+    out = tmp_path / "out"
+    with pytest.raises(ExportMismatchError) as e:
+        export(tiny_student_path, out, ExportConfig(fp16=True), log=lambda s: None)
+    assert "student_fp16.onnx:image psnr_db_vs_fp32" in str(e.value)
+    assert "student.onnx" not in str(e.value).replace("student_fp16.onnx", "")
+    _assert_nothing_installed(out, set())
+
+
+@pytest.fixture(scope="module")
+def near_calib(tmp_path_factory, tiny_student_path, tiny_calib_path):
+    """The tiny calibration file with its 'teacher renders' replaced by this student's images plus noise,
+    ~20 dB PSNR after clipping to [-1, 1]: where a distilled student is. (Against the real tiny teacher this untrained student is at
+    ~7 dB, where any INT8 error, even saturation, cannot lower the PSNR by 2 dB: the gate needs a student
+    close to its teacher to mean something.)"""
+    from nerfgan.calibrate.calibset import load_calibration_set, write_npz
+
+    cs = load_calibration_set(tiny_calib_path)
+    student = load_student(tiny_student_path)
+    with torch.no_grad():
+        out = student(torch.from_numpy(cs.arrays["w"]), torch.from_numpy(cs.arrays["c"]))
+    rng = np.random.default_rng(0)
+    arrays = dict(cs.arrays, meta=np.array(json.dumps(cs.meta)))
+    for name, img in (("image", out.image), ("image_raw", out.image_raw)):
+        arrays[name] = (img.numpy() + 0.35 * rng.standard_normal(img.shape)).astype(np.float16)
+    return write_npz(tmp_path_factory.mktemp("near") / "near.npz", arrays)
+
+
+def test_int8_gate_passes_for_a_good_quantization(tmp_path, tiny_student_path, near_calib):
+    manifest = export(tiny_student_path, tmp_path / "out", ExportConfig(int8=True, calib=str(near_calib)),
+                      log=lambda s: None)
+    checks = manifest["artifacts"][-1]["validation"]
+    assert {c["output"] for c in checks} == {"image", "image_raw"}
+    assert all(c["ok"] and c["value"] < 2.0 for c in checks)
+    fp32_psnr = float(checks[0]["detail"].split("fp32 ")[1].split(" dB")[0])
+    assert 17.0 < fp32_psnr < 23.0  # the premise of the fixture
+
+
+def test_int8_gate_fails_on_saturating_scales(tmp_path, tiny_student_path, near_calib, monkeypatch):
+    from onnx import numpy_helper
+
+    from nerfgan.calibrate import int8
+
+    real = int8.quantize
+
+    def saturating(fp32_path, out_path, inputs, *args, **kwargs):  # activation scales 10x too small
+        result = real(fp32_path, out_path, inputs, *args, **kwargs)
+        model = onnx.load(str(out_path))
+        scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        for t in model.graph.initializer:
+            if t.name in scales:
+                a = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array((a * 0.1).astype(a.dtype), t.name))
+        onnx.save(model, str(out_path))
+        return result
+
+    monkeypatch.setattr(int8, "quantize", saturating)
+    out = tmp_path / "out"
+    with pytest.raises(ExportMismatchError) as e:
+        export(tiny_student_path, out, ExportConfig(int8=True, calib=str(near_calib)), log=lambda s: None)
+    assert "student_int8.onnx:image psnr_drop_db_vs_teacher" in str(e.value)
+    assert "student_int8.onnx:image_raw psnr_drop_db_vs_teacher" in str(e.value)
+    _assert_nothing_installed(out, set())
+
+
+def test_calibration_for_another_teacher_is_refused(tmp_path, tiny_student_path, tiny_calib_path):
+    from nerfgan.calibrate.calibset import load_calibration_set, write_npz
+    from nerfgan.errors import InputFileError
+
+    cs = load_calibration_set(tiny_calib_path)
+    meta = dict(cs.meta, teacher_config={"other": True})
+    arrays = dict(cs.arrays, meta=np.array(json.dumps(meta)))
+    bad = write_npz(tmp_path / "other.npz", arrays)
+    with pytest.raises(InputFileError, match="another teacher config"):
+        export(tiny_student_path, tmp_path / "out", ExportConfig(int8=True, calib=str(bad)), log=lambda s: None)
+
+
+def test_trt_without_tensorrt_writes_nothing(tmp_path, tiny_student_path):
+    from nerfgan.errors import MissingDependencyError, NerfganError
+
+    out = tmp_path / "out"
+    with pytest.raises((MissingDependencyError, NerfganError), match=r"nerfgan\[tensorrt\]|no CUDA GPU"):
+        export(tiny_student_path, out, ExportConfig(trt=True), log=lambda s: None)
+    assert not out.exists()  # refused before any work
+
+
+def test_config_refuses_bad_options():
+    from nerfgan.errors import UsageError
+
+    for kwargs in ({"batch": (4, 2, 8)}, {"batch": (0, 1, 1)}, {"int8": True}, {"opset": 7},
+                   {"triton_precision": "fp16"}, {"int8_backend": "magic"}):
+        with pytest.raises(UsageError):
+            ExportConfig(**kwargs)
+    assert pipeline.ExportConfig().to_json()

@@ -1,0 +1,411 @@
+"""The Triton model repository: layout, configs parsed by Triton's own protobuf, ensemble wiring, atomicity."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nerfgan.errors import ConfigError, InputFileError, UsageError
+from nerfgan.export import triton
+from nerfgan.export.triton import (
+    TritonNames,
+    TritonServing,
+    triton_dims,
+    write_triton_repository,
+)
+from nerfgan.runtime.spec import ModelSpec, TensorSpec, mapping_spec, student_spec
+
+NAMES = TritonNames()
+MAPPING = mapping_spec(z_dim=8, w_dim=8)
+STUDENT = student_spec(8, 16, 32)
+
+
+@pytest.fixture
+def pb() -> Any:
+    """Triton's ModelConfig protobuf module (skips where tritonclient[grpc] is not installed)."""
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    """Dummy model files in tmp_path/in (any bytes will do: the repository only copies them)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    files = {"mapping": d / "mapping.onnx", "student": d / "student.onnx", "plan": d / "student.plan"}
+    for kind, path in files.items():
+        path.write_bytes(f"dummy {kind} bytes".encode())
+    return files
+
+
+def write(repo: Path, inputs: dict[str, Path], backend: str = "onnxruntime", **kw: Any) -> Path:
+    kw.setdefault("max_batch_size", 8)
+    student = inputs["plan"] if backend == "tensorrt" else inputs["student"]
+    return write_triton_repository(repo, mapping_file=kw.pop("mapping_file", inputs["mapping"]),
+                                   student_file=kw.pop("student_file", student),
+                                   mapping_spec=kw.pop("mapping_spec", MAPPING),
+                                   student_spec=kw.pop("student_spec", STUDENT), student_backend=backend, **kw)
+
+
+def parse(pb: Any, path: Path) -> Any:
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    return text_format.Parse(path.read_text(), pb.ModelConfig())
+
+
+def configs(pb: Any, repo: Path) -> dict[str, Any]:
+    return {name: parse(pb, repo / name / "config.pbtxt") for name in (NAMES.mapping, NAMES.student, NAMES.ensemble)}
+
+
+def signature(t: Any) -> tuple[int, list[int], list[int] | None]:
+    """(data_type, dims, reshape) of a parsed ModelInput/ModelOutput."""
+    return t.data_type, list(t.dims), list(t.reshape.shape) if t.HasField("reshape") else None
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+# --- layout ---------------------------------------------------------------------------------------------------------
+
+
+def test_layout_and_copied_files(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    repo = write(tmp_path / "repo", inputs)
+    assert repo == tmp_path / "repo"
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["README.md", NAMES.mapping, NAMES.student, NAMES.ensemble])
+    assert (repo / NAMES.mapping / "1" / "model.onnx").read_bytes() == inputs["mapping"].read_bytes()
+    assert (repo / NAMES.student / "1" / "model.onnx").read_bytes() == inputs["student"].read_bytes()
+    assert not (repo / NAMES.student / "1" / "model.plan").exists()
+    assert (repo / NAMES.ensemble / "1").is_dir() and not any((repo / NAMES.ensemble / "1").iterdir())
+    for name in (NAMES.mapping, NAMES.student, NAMES.ensemble):
+        assert (repo / name / "config.pbtxt").is_file()
+    assert leftovers(tmp_path) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert repo.stat().st_mode & 0o777 == 0o777 & ~umask  # the usual mode, not mkdtemp's private 0700
+
+
+def test_tensorrt_backend_writes_a_plan(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    repo = write(tmp_path / "repo", inputs, backend="tensorrt", plan_max_batch=8, instance_kind="KIND_GPU")
+    student_dir = repo / NAMES.student / "1"
+    assert sorted(p.name for p in student_dir.iterdir()) == ["model.plan"]
+    assert (student_dir / "model.plan").read_bytes() == inputs["plan"].read_bytes()
+    cfg = configs(pb, repo)
+    assert cfg[NAMES.student].platform == "tensorrt_plan"
+    assert cfg[NAMES.mapping].platform == "onnxruntime_onnx"  # the mapping always stays ONNX
+    assert "tensorrt_plan" in (repo / "README.md").read_text()
+
+
+# --- composing model configs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["mapping", "student"])
+def test_composing_config(tmp_path: Path, inputs: dict[str, Path], pb: Any, which: str) -> None:
+    repo = write(tmp_path / "repo", inputs, max_batch_size=16, instance_kind="KIND_GPU", instance_count=2,
+                 preferred_batch_sizes=[4, 16], max_queue_delay_us=250)
+    name, spec = (NAMES.mapping, MAPPING) if which == "mapping" else (NAMES.student, STUDENT)
+    cfg = parse(pb, repo / name / "config.pbtxt")
+    assert cfg.name == name == (repo / name).name
+    assert cfg.platform == "onnxruntime_onnx"
+    assert cfg.max_batch_size == 16
+    assert [t.name for t in cfg.input] == spec.input_names
+    assert [t.name for t in cfg.output] == spec.output_names
+    for parsed, declared in zip(list(cfg.input) + list(cfg.output), spec.inputs + spec.outputs):
+        assert parsed.data_type == pb.TYPE_FP32
+        expected = [int(d) for d in declared.shape[1:]] or [1]  # batch axis left out
+        assert list(parsed.dims) == expected, declared.name
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
+    assert len(cfg.instance_group) == 1
+    assert cfg.instance_group[0].count == 2
+    assert cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+
+
+def test_concrete_dims(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    cfg = configs(pb, write(tmp_path / "repo", inputs))
+    m, s = cfg[NAMES.mapping], cfg[NAMES.student]
+    assert {t.name: list(t.dims) for t in m.input} == {"z": [8], "c_cond": [25], "psi": [1]}
+    assert {t.name: list(t.dims) for t in m.output} == {"w": [8]}
+    assert {t.name: list(t.dims) for t in s.input} == {"w": [8], "c": [25]}
+    assert {t.name: list(t.dims) for t in s.output} == {"image": [3, 32, 32], "image_raw": [3, 16, 16]}
+
+
+def test_psi_is_reshaped_to_the_bare_batch_axis(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    cfg = configs(pb, write(tmp_path / "repo", inputs))
+    for model in (NAMES.mapping, NAMES.ensemble):
+        psi = next(t for t in cfg[model].input if t.name == "psi")
+        assert list(psi.dims) == [1]
+        assert psi.HasField("reshape") and list(psi.reshape.shape) == []  # the model sees (B,)
+        others = [t.name for t in cfg[model].input if t.HasField("reshape")]
+        assert others == ["psi"], model
+
+
+def test_defaults_and_no_dynamic_batching(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    cfg = configs(pb, write(tmp_path / "a", inputs))
+    for model in (NAMES.mapping, NAMES.student):
+        assert cfg[model].HasField("dynamic_batching")
+        assert list(cfg[model].dynamic_batching.preferred_batch_size) == []
+        assert cfg[model].dynamic_batching.max_queue_delay_microseconds == 100
+        assert cfg[model].instance_group[0].kind == pb.ModelInstanceGroup.KIND_AUTO
+        assert cfg[model].instance_group[0].count == 1
+    off = configs(pb, write(tmp_path / "b", inputs, dynamic_batching=False))
+    for model in (NAMES.mapping, NAMES.student):
+        assert not off[model].HasField("dynamic_batching")
+        assert off[model].max_batch_size == 8  # still batches, without the scheduler merging requests
+
+
+def test_triton_dims() -> None:
+    assert triton_dims(TensorSpec("x", ("B", 3, 4), "float32", ""), "m") == ([3, 4], None)
+    assert triton_dims(TensorSpec("x", ("B",), "float32", ""), "m") == ([1], [])
+    for shape in [(3, "B"), (), ("B", "H"), ("B", 0)]:
+        with pytest.raises(ConfigError, match=r"m: tensor 'x'"):
+            triton_dims(TensorSpec("x", shape, "float32", ""), "m")
+
+
+def test_dtype_names() -> None:
+    assert triton.triton_dtype(TensorSpec("x", ("B",), "float16", ""), "m") == "TYPE_FP16"
+    assert triton.triton_dtype(TensorSpec("x", ("B",), "int64", ""), "m") == "TYPE_INT64"
+    with pytest.raises(ConfigError, match=r"m: tensor 'x' has dtype 'complex64'"):
+        triton.triton_dtype(TensorSpec("x", ("B",), "complex64", ""), "m")
+
+
+def test_every_dtype_name_is_a_triton_enum(pb: Any) -> None:
+    for name in triton.TRITON_DTYPES.values():
+        assert pb.DataType.Value(name) != pb.TYPE_INVALID
+
+
+# --- the ensemble -----------------------------------------------------------------------------------------------------
+
+
+def test_ensemble_config(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    cfg = configs(pb, write(tmp_path / "repo", inputs, max_batch_size=4))[NAMES.ensemble]
+    assert cfg.name == NAMES.ensemble == "nerfgan"
+    assert cfg.platform == "ensemble"
+    assert cfg.max_batch_size == 4
+    assert [t.name for t in cfg.input] == ["z", "c_cond", "psi", "c"]
+    assert [t.name for t in cfg.output] == ["image", "image_raw"]
+    assert not cfg.HasField("dynamic_batching") and len(cfg.instance_group) == 0
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == [NAMES.mapping, NAMES.student]
+    assert all(s.model_version == -1 for s in cfg.ensemble_scheduling.step)
+
+
+def test_ensemble_wiring(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    cfg = configs(pb, write(tmp_path / "repo", inputs, backend="tensorrt"))
+    ensemble = cfg[NAMES.ensemble]
+    steps = list(ensemble.ensemble_scheduling.step)
+    mapping_step, student_step = steps
+
+    # every input_map / output_map key is a real tensor of the composing model, and every input is fed
+    for step in steps:
+        model = cfg[step.model_name]
+        assert set(step.input_map) == {t.name for t in model.input}, step.model_name
+        assert set(step.output_map) <= {t.name for t in model.output}, step.model_name
+
+    # every ensemble input is consumed; the mapping's output is what the student takes; the student makes the outputs
+    consumed = {v for s in steps for v in s.input_map.values()}
+    assert {t.name for t in ensemble.input} <= consumed
+    intermediate = mapping_step.output_map["w"]
+    assert student_step.input_map["w"] == intermediate
+    assert intermediate not in {t.name for t in ensemble.input} | {t.name for t in ensemble.output}
+    assert student_step.input_map["c"] == "c"
+    assert {student_step.output_map[k] for k in student_step.output_map} == {t.name for t in ensemble.output}
+
+    # ensemble tensors agree in dtype, dims and reshape with the composing models' tensors they connect to
+    produced: dict[str, Any] = {t.name: signature(t) for t in ensemble.input}
+    for step in steps:
+        model = cfg[step.model_name]
+        for key, value in step.input_map.items():
+            assert produced[value] == signature(next(t for t in model.input if t.name == key)), (step.model_name, key)
+        for key, value in step.output_map.items():
+            produced[value] = signature(next(t for t in model.output if t.name == key))
+    for t in ensemble.output:
+        assert produced[t.name] == signature(t), t.name
+
+
+def test_custom_names(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    names = TritonNames(mapping="m", student="s", ensemble="gen")
+    repo = write(tmp_path / "repo", inputs, names=names)
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "gen", "m", "s"]
+    assert parse(pb, repo / "m" / "config.pbtxt").name == "m"
+    ensemble = parse(pb, repo / "gen" / "config.pbtxt")
+    assert ensemble.name == "gen"
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["m", "s"]
+
+
+@pytest.mark.parametrize("kw", [{"mapping": "a/b"}, {"student": ".hidden"}, {"ensemble": ""},
+                                {"mapping": "x", "student": "x"}])
+def test_bad_names(kw: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match=r"names"):
+        TritonNames(**kw)
+
+
+def test_specs_that_do_not_chain(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    no_w = ModelSpec("student", (TensorSpec("style", ("B", 8), "float32", ""),) + STUDENT.inputs[1:], STUDENT.outputs)
+    with pytest.raises(ConfigError, match=r"no input named 'w'"):
+        write(tmp_path / "repo", inputs, student_spec=no_w)
+    wide = student_spec(16, 16, 32)
+    with pytest.raises(ConfigError, match=r"disagree on 'w'"):
+        write(tmp_path / "repo", inputs, student_spec=wide)
+    clash = ModelSpec("student", STUDENT.inputs[:1] + (TensorSpec("z", ("B", 25), "float32", ""),), STUDENT.outputs)
+    with pytest.raises(ConfigError, match=r"collide: \['z'\]"):
+        write(tmp_path / "repo", inputs, student_spec=clash)
+    assert not (tmp_path / "repo").exists() and leftovers(tmp_path) == []
+
+
+def test_readme(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    text = (write(tmp_path / "repo", inputs) / "README.md").read_text()
+    assert "tritonserver --model-repository" in text
+    for name in (NAMES.mapping, NAMES.student, NAMES.ensemble, "z", "c_cond", "psi", "c", "image", "image_raw"):
+        assert f"`{name}`" in text
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert code is not None
+    compile(code.group(1), "README.md", "exec")  # the client example is valid Python
+    assert "np.zeros((1,), np.float32)" in code.group(1)  # psi fed as (B,)
+
+
+# --- refusals -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"max_batch_size": 0}, r"max_batch_size: must be >= 1"),
+    ({"preferred_batch_sizes": [4, 9]}, r"preferred_batch_sizes: \[9\] outside 1..max_batch_size \(8\)"),
+    ({"preferred_batch_sizes": [4], "dynamic_batching": False}, r"preferred_batch_sizes: .*dynamic_batching is off"),
+    ({"instance_kind": "gpu"}, r"instance_kind: must be one of KIND_AUTO"),
+    ({"instance_count": 0}, r"instance_count: must be >= 1"),
+    ({"max_queue_delay_us": -1}, r"max_queue_delay_us: must be >= 0"),
+    ({"backend": "tensorflow"}, r"student_backend: must be one of onnxruntime, tensorrt"),
+    ({"backend": "tensorrt", "instance_kind": "KIND_CPU"}, r"instance_kind: KIND_CPU cannot run a TensorRT plan"),
+    ({"backend": "tensorrt", "max_batch_size": 16, "plan_max_batch": 8},
+     r"max_batch_size: 16 exceeds the plan's optimisation profile maximum \(8\) of .*student\.plan"),
+])
+def test_bad_options_create_nothing(tmp_path: Path, inputs: dict[str, Path], kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        write(tmp_path / "out" / "repo", inputs, **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_max_batch_is_not_checked_for_onnx(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    write(tmp_path / "a", inputs, backend="tensorrt", max_batch_size=8, plan_max_batch=8)  # exactly covered
+    write(tmp_path / "b", inputs, max_batch_size=16, plan_max_batch=8)  # ONNX Runtime has no profile
+    assert (tmp_path / "a" / NAMES.student / "1" / "model.plan").is_file()
+    assert (tmp_path / "b" / NAMES.student / "1" / "model.onnx").is_file()
+
+
+def test_file_kind_must_match_backend(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    with pytest.raises(UsageError, match=r"student\.onnx: student_backend is 'tensorrt'"):
+        write(tmp_path / "repo", inputs, backend="tensorrt", student_file=inputs["student"])
+    with pytest.raises(UsageError, match=r"student\.plan: student_backend is 'onnxruntime'"):
+        write(tmp_path / "repo", inputs, student_file=inputs["plan"])
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_model_files(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    missing_m, missing_s = tmp_path / "nope" / "mapping.onnx", tmp_path / "nope" / "student.onnx"
+    with pytest.raises(InputFileError) as err:
+        write(tmp_path / "out" / "repo", inputs, mapping_file=missing_m, student_file=missing_s)
+    assert f"mapping_file {missing_m}: not found" in str(err.value)
+    assert f"student_file {missing_s}: not found" in str(err.value)
+    with pytest.raises(InputFileError, match=r"mapping_file .*: not a regular file"):
+        write(tmp_path / "out" / "repo", inputs, mapping_file=tmp_path / "in")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_dtype_creates_nothing(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    odd = ModelSpec("mapping", MAPPING.inputs[:2] + (TensorSpec("psi", ("B",), "complex64", ""),), MAPPING.outputs)
+    with pytest.raises(ConfigError, match=r"nerfgan_mapping: tensor 'psi' has dtype 'complex64'"):
+        write(tmp_path / "repo", inputs, mapping_spec=odd)
+    assert not (tmp_path / "repo").exists() and leftovers(tmp_path) == []
+
+
+def test_serving_is_a_frozen_config() -> None:
+    s = TritonServing(8, preferred_batch_sizes=(2, 8))
+    with pytest.raises(AttributeError):
+        s.max_batch_size = 4  # type: ignore[misc]
+    assert "preferred_batch_size: [ 2, 8 ]" in triton.model_config_text("m", MAPPING, "onnxruntime_onnx", s)
+
+
+# --- overwriting and atomicity ----------------------------------------------------------------------------------------
+
+
+def existing_repo(path: Path) -> Path:
+    (path / "old_model" / "1").mkdir(parents=True)
+    (path / "old_model" / "config.pbtxt").write_text('name: "old_model"')
+    return path
+
+
+def test_refuses_a_non_empty_directory(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    repo = existing_repo(tmp_path / "repo")
+    with pytest.raises(UsageError, match=re.escape(f"{repo}: model repository directory exists and is not empty")):
+        write(repo, inputs)
+    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"file: exists and is not a directory"):
+        write(tmp_path / "file", inputs, overwrite=True)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_an_empty_directory_is_filled(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    (tmp_path / "repo").mkdir()
+    repo = write(tmp_path / "repo", inputs)
+    assert (repo / NAMES.ensemble / "config.pbtxt").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_current_directory_as_repository(tmp_path: Path, inputs: dict[str, Path],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    repo = write(Path("."), inputs)
+    assert repo == tmp_path / "repo"
+    assert (tmp_path / "repo" / NAMES.mapping / "1" / "model.onnx").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    repo = write(existing_repo(tmp_path / "repo"), inputs, overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["README.md", NAMES.mapping, NAMES.student, NAMES.ensemble])
+    assert leftovers(tmp_path) == []
+
+
+def boom(*args: Any, **kwargs: Any) -> None:
+    raise OSError("disk full")
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "copyfile", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write(tmp_path / "repo", inputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no repository, no temporary directory
+
+
+def test_failure_mid_write_keeps_the_old_repository(tmp_path: Path, inputs: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = existing_repo(tmp_path / "repo")
+    monkeypatch.setattr(shutil, "copyfile", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write(repo, inputs, overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "repo"]
+
+
+def test_failed_swap_restores_the_old_repository(tmp_path: Path, inputs: dict[str, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = existing_repo(tmp_path / "repo")
+    real_replace = os.replace
+    calls: list[str] = []
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(Path(dst).name)
+        if len(calls) == 2:  # the new repository's rename into place
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(triton.os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        write(repo, inputs, overwrite=True)
+    assert len(calls) == 3  # old set aside, new refused, old put back
+    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "repo"]
