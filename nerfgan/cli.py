@@ -325,7 +325,8 @@ def export_cli(**kwargs: Any) -> None:
     _run_export(**kwargs)
 
 
-def _standalone(command: click.Command, name: str, argv: Sequence[str] | None) -> None:
+def run_standalone(command: click.Command, name: str, argv: Sequence[str] | None) -> None:
+    """Run a click command as a program: a NerfganError is one `Error: ...` line and its exit code, no traceback."""
     try:
         rv = command.main(args=list(argv) if argv is not None else None, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -344,12 +345,12 @@ def _standalone(command: click.Command, name: str, argv: Sequence[str] | None) -
 
 def export_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``nerfgan-export``."""
-    _standalone(export_cli, "nerfgan-export", argv)
+    run_standalone(export_cli, "nerfgan-export", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``nerfgan`` command."""
-    _standalone(cli, "nerfgan", argv)
+    run_standalone(cli, "nerfgan", argv)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,7 @@ class MissingDependencyError(NerfganError):
 
 class ExportMismatchError(NerfganError):
     """An exported artifact failed its validation gate; the message lists every output that missed."""
+
+
+class TensorError(UsageError):
+    """A tensor given to a model or the runtime has the wrong shape, dtype or batch, or non-finite values."""

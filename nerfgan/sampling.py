@@ -28,6 +28,11 @@ from nerfgan import camera
 from nerfgan.errors import ConfigError
 
 
+def z_from_seed(seed: int, z_dim: int = 512) -> np.ndarray:
+    """The latent (1, z_dim) upstream's scripts draw for ``seed`` (numpy RandomState, float32)."""
+    return np.random.RandomState(seed).randn(1, z_dim).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class PoseDistribution:
     yaw_std_deg: float = 20.0  # std of the yaw offset from frontal, degrees

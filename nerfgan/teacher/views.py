@@ -6,12 +6,8 @@ import numpy as np
 import torch
 
 from nerfgan import camera
+from nerfgan.sampling import z_from_seed
 from nerfgan.teacher.generator import EG3D, TeacherOutput
-
-
-def z_from_seed(seed: int, z_dim: int) -> np.ndarray:
-    """The latent (1, z_dim) upstream's scripts draw for ``seed`` (numpy RandomState, float32)."""
-    return np.random.RandomState(seed).randn(1, z_dim).astype(np.float32)
 
 
 def cameras_for(

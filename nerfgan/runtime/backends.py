@@ -1,0 +1,193 @@
+"""Backends: one exported model (mapping or student) behind one contract, numpy in and numpy out.
+
+    with OnnxBackend("student.onnx") as b:
+        out = b.infer({"w": w, "c": c})          # {"image": (B, 3, H, W), "image_raw": (B, 3, R, R)}
+
+Every backend knows its ModelSpec (names, shapes; nerfgan.runtime.spec), its nerfgan metadata and
+its batch range, checks every input before running (name, shape, dtype float32, batch in range,
+finite values) and serialises calls with a lock, so one backend can be shared by threads.
+
+* OnnxBackend: ONNX Runtime, CPU or CUDA provider (IO binding on CUDA). Never imports torch.
+* TorchBackend: a student checkpoint run by PyTorch (CPU or CUDA, float32 or float16 on CUDA).
+* TensorRTBackend (nerfgan.runtime.tensorrt_backend): a plan with its sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nerfgan.errors import InputFileError, MissingDependencyError, TensorError, UsageError
+from nerfgan.runtime import spec as S
+
+
+class Backend:
+    """Base class: input checks, the lock, the context manager. Subclasses implement ``_run``."""
+
+    name = "backend"  # short label for tables: 'onnxruntime-cpu', 'pytorch-cuda-fp16', 'tensorrt', ...
+
+    def __init__(self, path: Path, spec: S.ModelSpec, metadata: dict[str, str], max_batch: int | None) -> None:
+        self.path = path
+        self.spec = spec
+        self.metadata = metadata
+        self.max_batch = max_batch  # None: any batch
+        self.precision = metadata.get(S.META_PRECISION, "fp32")
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate and normalise ``feeds`` (float32, C-contiguous); TensorError names the tensor at fault."""
+        missing = [n for n in self.spec.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.spec.input_names]
+        if missing or extra:
+            raise TensorError(f"{self.path.name}: expected inputs {self.spec.input_names}, "
+                              f"missing {missing}, unexpected {extra}")
+        out: dict[str, np.ndarray] = {}
+        batch = None
+        for t in self.spec.inputs:
+            a = np.asarray(feeds[t.name])
+            if a.dtype.kind not in "fiu":
+                raise TensorError(f"{self.path.name}: input {t.name} has dtype {a.dtype}, expected float32")
+            a = np.array(a, dtype=np.float32, order="C")  # a private, writable copy
+            b = a.shape[0] if a.ndim else None
+            if b is None or a.shape != t.concrete(b):
+                raise TensorError(f"{self.path.name}: input {t.name} has shape {a.shape}, expected "
+                                  f"{tuple(t.shape)} with B the batch")
+            if batch is not None and b != batch:
+                raise TensorError(f"{self.path.name}: input {t.name} has batch {b}, the other inputs {batch}")
+            batch = b
+            if not np.isfinite(a).all():
+                raise TensorError(f"{self.path.name}: input {t.name} contains NaN or inf")
+            out[t.name] = a
+        assert batch is not None
+        if batch < 1 or (self.max_batch is not None and batch > self.max_batch):
+            raise TensorError(f"{self.path.name}: batch {batch} is outside this engine's profile "
+                              f"[1, {self.max_batch}]; split the batch or rebuild with a larger --batch")
+        return out
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise UsageError(f"{self.path.name}: backend is closed")
+        checked = self.check(feeds)
+        with self._lock:
+            return self._run(checked)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, kind={self.spec.kind}, precision={self.precision})"
+
+
+def spec_from_metadata(metadata: dict[str, str], source: Path) -> S.ModelSpec:
+    if metadata.get(S.META_FORMAT) != S.FORMAT or S.META_IO not in metadata:
+        raise InputFileError(f"{source}: not a nerfgan export (no {S.META_FORMAT} metadata; export with nerfgan-export)")
+    return S.ModelSpec.from_json(metadata[S.META_IO], source=str(source))
+
+
+class OnnxBackend(Backend):
+    """An ONNX file in ONNX Runtime. device 'cpu' or 'cuda' (needs onnxruntime-gpu); threads = intra-op threads."""
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)") from None
+        p = Path(path)
+        if not p.is_file():
+            raise InputFileError(f"{p}: ONNX file not found")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise MissingDependencyError(f"{p}: --device cuda needs onnxruntime-gpu (this onnxruntime has "
+                                             f"{', '.join(ort.get_available_providers())})")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif device != "cpu":
+            raise UsageError(f"device {device!r}: expected 'cpu' or 'cuda'")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(p), so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for files that are not ONNX models
+            raise InputFileError(f"{p}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+        metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        spec = spec_from_metadata(metadata, p)
+        super().__init__(p, spec, metadata, max_batch=None)
+        self.device = device
+        self.name = f"onnxruntime-{device}-{self.precision}"
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.device == "cuda":
+            binding = self._session.io_binding()
+            for name, a in feeds.items():
+                binding.bind_cpu_input(name, a)
+            for name in self.spec.output_names:
+                binding.bind_output(name, "cuda")
+            self._session.run_with_iobinding(binding)
+            return dict(zip(self.spec.output_names, binding.copy_outputs_to_cpu()))
+        outs = self._session.run(self.spec.output_names, feeds)
+        return dict(zip(self.spec.output_names, outs))
+
+    def close(self) -> None:
+        super().close()
+        self._session = None
+
+
+class TorchBackend(Backend):
+    """One part ('mapping' or 'student') of a student checkpoint, run by PyTorch."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, device: str = "cpu", precision: str = "fp32",
+                 model: Any = None) -> None:
+        import torch
+
+        from nerfgan.export.to_onnx import artifact_metadata, graph_for, specs_for
+        from nerfgan.student.checkpoint import load_student
+
+        if precision not in ("fp32", "fp16"):
+            raise UsageError(f"precision {precision!r}: the PyTorch backend runs 'fp32' or 'fp16'")
+        if precision == "fp16" and device != "cuda":
+            raise UsageError("precision fp16 needs --device cuda (float16 convolutions are not a CPU path)")
+        p = Path(path)
+        student = model if model is not None else load_student(p, device=device)
+        # fp16: autocast, which runs convolutions and matrix products in float16 and keeps reductions
+        # (the demodulation's sum of squares, normalisations) in float32; channels_last on CUDA.
+        self._autocast = precision == "fp16" and kind == "student"
+        self._module = graph_for(student, kind).to(device=device).eval()
+        if device == "cuda" and kind == "student":
+            self._module = self._module.to(memory_format=torch.channels_last)
+        self._device = torch.device(device)
+        metadata = artifact_metadata(student, kind, precision, "", (1, 1, 1))
+        super().__init__(p, specs_for(student)[kind], metadata, max_batch=None)
+        self.name = f"pytorch-{device}-{precision}"
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad(), torch.autocast(self._device.type, dtype=torch.float16, enabled=self._autocast):
+            out = self._module(*[torch.from_numpy(feeds[n]).to(self._device) for n in self.spec.input_names])
+        outs = out if isinstance(out, tuple) else (out,)
+        return {n: o.float().cpu().numpy() for n, o in zip(self.spec.output_names, outs)}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        d: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputFileError(f"{path}: unreadable JSON ({e})") from None
+    return d
