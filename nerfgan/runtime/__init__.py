@@ -69,10 +69,10 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
         from nerfgan.student.checkpoint import load_student
 
         torch_dev = "cuda" if dev == "cuda" and torch.cuda.is_available() else "cpu"
-        student = load_student(p, device=torch_dev)
+        model = load_student(p, device=torch_dev)
         prec = precision or "fp32"
-        return Generator(TorchBackend(p, "student", torch_dev, prec, model=student),
-                         TorchBackend(p, "mapping", torch_dev, "fp32", model=student))
+        return Generator(TorchBackend(p, "student", torch_dev, prec, model=model),
+                         TorchBackend(p, "mapping", torch_dev, "fp32", model=model))
     if precision is not None:
         raise UsageError("--precision picks a file inside an export folder; a file path already names one")
     student = open_backend(p, "student", dev, threads=threads)

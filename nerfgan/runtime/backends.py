@@ -170,7 +170,7 @@ class TorchBackend(Backend):
         self._autocast = precision == "fp16" and kind == "student"
         self._module = graph_for(student, kind).to(device=device).eval()
         if device == "cuda" and kind == "student":
-            self._module = self._module.to(memory_format=torch.channels_last)
+            self._module = self._module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._device = torch.device(device)
         metadata = artifact_metadata(student, kind, precision, "", (1, 1, 1))
         super().__init__(p, specs_for(student)[kind], metadata, max_batch=None)
