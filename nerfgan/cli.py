@@ -232,6 +232,24 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
                    f"(low-res); wrote {trainer.run_dir / 'student.safetensors'}")
 
 
+@cli.command("quickstart")
+@click.option("-o", "--output", "out_dir", default="quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="DIR for everything the pipeline makes.")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+              help="Distillation time.")
+@click.option("--renders", "n_renders", type=click.IntRange(8), default=192, show_default=True,
+              help="Teacher renders to distil from.")
+@click.option("--force", is_flag=True, help="Redo every stage instead of reusing finished ones.")
+@DEVICE
+def quickstart(out_dir: str, minutes: float, n_renders: int, force: bool, device: str) -> None:
+    """The whole pipeline on the built-in tiny teacher: distil, export, render, check parity, benchmark."""
+    from nerfgan.quickstart import Quickstart
+
+    q = Quickstart(out_dir, minutes, n_renders, force, _device(device))
+    q.run()
+    q.summary()
+
+
 def _batch_triple(text: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(p) for p in text.split(","))

@@ -1,0 +1,158 @@
+"""``nerfgan quickstart -o DIR``: the whole pipeline on the built-in tiny teacher, in minutes on a CPU.
+
+Stages, each written into DIR and reused by a second run unless ``--force`` (a stage is done when
+its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed run resumes):
+
+    teacher     DIR/teacher.safetensors      the tiny EG3D, built from the weights shipped in the package
+    renders     DIR/renders/                 the teacher rendered once for --renders samples (resumable)
+    train       DIR/run/student.safetensors  a student distilled for --minutes (resumes a killed run)
+    calibrate   DIR/calib.npz                32 samples of the render set (fewer if it is smaller): INT8 calibration and its gate
+    export      DIR/export/                  mapping.onnx, student.onnx, student_int8.onnx, manifest.json
+    images      DIR/views.png, DIR/orbit.gif four seeds at three yaws, and a camera orbit, via nerfgan.runtime
+    parity      DIR/parity/                  teacher vs the ONNX student: PSNR, SSIM, 3D consistency
+    bench       DIR/bench.json               teacher vs PyTorch student vs ONNX FP32 / INT8, images/s
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+STAGES = ("teacher", "renders", "train", "calibrate", "export", "images", "parity", "bench")
+
+
+class Quickstart:
+    def __init__(self, out: str, minutes: float, renders: int, force: bool, device: str,
+                 echo: Callable[[str], Any] = click.echo) -> None:
+        self.out = Path(out)
+        self.minutes, self.n_renders, self.force, self.device, self.echo = minutes, renders, force, device, echo
+        self.marks = self.out / ".quickstart"
+        self.made: list[tuple[str, str]] = []  # (path, what)
+
+    # --- stage bookkeeping ------------------------------------------------------------------------
+    def _settings(self, stage: str) -> dict[str, Any]:
+        return {"stage": stage, "minutes": self.minutes, "renders": self.n_renders}
+
+    def done(self, stage: str) -> bool:
+        mark = self.marks / f"{stage}.json"
+        return not self.force and mark.is_file() and json.loads(mark.read_text()).get("settings") == self._settings(stage)
+
+    def finish(self, stage: str, seconds: float, **facts: Any) -> None:
+        from nerfgan.io import atomic_path
+
+        self.marks.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.marks / f"{stage}.json") as tmp:
+            tmp.write_text(json.dumps({"settings": self._settings(stage), "seconds": round(seconds, 1), **facts}))
+
+    def stage(self, stage: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.done(stage):
+            self.echo(f"[{stage}] done before, reused (--force to redo)")
+            return
+        self.echo(f"[{stage}] ...")
+        t0 = time.perf_counter()
+        facts = fn() or {}
+        seconds = time.perf_counter() - t0
+        self.finish(stage, seconds, **facts)
+        self.echo(f"[{stage}] {seconds:.0f} s")
+
+    # --- stages -----------------------------------------------------------------------------------
+    def teacher(self) -> dict[str, Any]:
+        from nerfgan.teacher.checkpoint import load_teacher, save_teacher
+
+        save_teacher(load_teacher("tiny"), self.out / "teacher.safetensors", {"source": "nerfgan built-in 'tiny'"})
+        return {}
+
+    def renders(self) -> dict[str, Any]:
+        from nerfgan.teacher.renders import make_render_set
+
+        make_render_set(self.out / "teacher.safetensors", self.n_renders, self.out / "renders", seed=0,
+                        device=self.device, progress=True)
+        return {}
+
+    def train(self) -> dict[str, Any]:
+        from nerfgan.student.train import Trainer, train_preset
+        from nerfgan.teacher.checkpoint import load_teacher
+
+        run = self.out / "run"
+        resume = (run / "train_state.safetensors").is_file()
+        if self.force and run.exists() and not resume:
+            shutil.rmtree(run)
+        cfg = train_preset("tiny", eval_every=0, n_eval=8, eval_minutes=(self.minutes / 2,))
+        teacher = load_teacher(self.out / "teacher.safetensors", device=self.device)
+        trainer = Trainer(cfg, teacher, run, renders=str(self.out / "renders"), resume=resume and not self.force,
+                          device=self.device)
+        rows = trainer.run(minutes=self.minutes)
+        last = rows[-1]
+        self.echo(f"  held-out PSNR after {trainer.step} steps: {last['psnr_hr']:.2f} dB (128 px), "
+                  f"{last['psnr_lr']:.2f} dB (64 px)")
+        return {"steps": trainer.step, "psnr_hr": last["psnr_hr"], "psnr_lr": last["psnr_lr"]}
+
+    def calibrate(self) -> dict[str, Any]:
+        from nerfgan.calibrate.calibset import make_calibration_set
+
+        make_calibration_set(self.out / "teacher.safetensors", self.out / "run" / "student.safetensors",
+                             min(32, self.n_renders),
+                             self.out / "calib.npz", renders=self.out / "renders")
+        return {}
+
+    def export(self) -> dict[str, Any]:
+        from nerfgan.export.pipeline import ExportConfig, export
+
+        manifest = export(self.out / "run" / "student.safetensors", self.out / "export",
+                          ExportConfig(int8=True, calib=str(self.out / "calib.npz")), log=lambda s: self.echo("  " + s))
+        return {"artifacts": [a["file"] for a in manifest["artifacts"]]}
+
+    def images(self) -> dict[str, Any]:
+        import numpy as np
+        from PIL import Image
+
+        import nerfgan.runtime as nr
+        from nerfgan import camera
+        from nerfgan.io import atomic_path, save_png
+
+        yaws = [-30.0, 0.0, 30.0]
+        with nr.load(self.out / "export", device="cpu") as g:
+            rows = [np.concatenate(list(g.render(w=g.style(seed=s), yaw=yaws)), axis=1) for s in range(4)]
+            save_png(self.out / "views.png", np.concatenate(rows, axis=0))
+            w = g.style(seed=0)
+            poses = camera.orbit(36)
+            frames = np.concatenate([g.render(w=w, yaw=poses[i:i + 12, 0], pitch=poses[i:i + 12, 1])
+                                     for i in range(0, len(poses), 12)])
+        pil = [Image.fromarray(f) for f in frames]
+        with atomic_path(self.out / "orbit.gif") as tmp:
+            pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=40, loop=0)
+        return {}
+
+    # --- the whole job ----------------------------------------------------------------------------
+    def run(self, extra: dict[str, Callable[[], dict[str, Any]]] | None = None) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        steps: dict[str, Callable[[], dict[str, Any]]] = {
+            "teacher": self.teacher, "renders": self.renders, "train": self.train, "calibrate": self.calibrate,
+            "export": self.export, "images": self.images, **(extra or {})}
+        for name in STAGES:
+            if name in steps:
+                self.stage(name, steps[name])
+
+    def summary(self) -> None:
+        o = self.out
+        lines = [
+            ("teacher.safetensors", "the tiny EG3D teacher"),
+            ("renders/", f"{self.n_renders} teacher renders"),
+            ("run/student.safetensors", "the distilled student (PyTorch); run/metrics.jsonl, run/eval/*.png"),
+            ("export/", "mapping.onnx, student.onnx, student_int8.onnx, manifest.json (validation figures)"),
+            ("views.png", "four seeds at yaw -30, 0, 30, rendered through nerfgan.runtime (ONNX Runtime)"),
+            ("orbit.gif", "a camera orbit around seed 0"),
+            ("parity/report.md", "teacher vs engine: PSNR, SSIM, 3D consistency, grid.png, psnr_vs_yaw.png"),
+            ("bench.json", "images/s of the teacher and each engine"),
+        ]
+        self.echo(f"\nnerfgan quickstart: made in {o}/")
+        for path, what in lines:
+            if (o / path.rstrip("/")).exists():
+                self.echo(f"  {str(o / path):<40} {what}")
+        self.echo(f"next: nerfgan-run --engine {o}/export --seed 3 --pose 30,0 -o face.png")
