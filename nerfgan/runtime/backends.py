@@ -36,6 +36,7 @@ class Backend:
         self.spec = spec
         self.metadata = metadata
         self.max_batch = max_batch  # None: any batch
+        self.min_batch = 1  # a TensorRT profile may start higher
         self.precision = metadata.get(S.META_PRECISION, "fp32")
         self._lock = threading.Lock()
         self._closed = False
@@ -65,9 +66,9 @@ class Backend:
                 raise TensorError(f"{self.path.name}: input {t.name} contains NaN or inf")
             out[t.name] = a
         assert batch is not None
-        if batch < 1 or (self.max_batch is not None and batch > self.max_batch):
+        if batch < self.min_batch or (self.max_batch is not None and batch > self.max_batch):
             raise TensorError(f"{self.path.name}: batch {batch} is outside this engine's profile "
-                              f"[1, {self.max_batch}]; split the batch or rebuild with a larger --batch")
+                              f"[{self.min_batch}, {self.max_batch}]; split the batch or rebuild it with another --batch")
         return out
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

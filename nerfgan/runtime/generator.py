@@ -136,9 +136,19 @@ class Generator:
         return to_uint8(out["image"])
 
     def _chunked(self, backend: Backend, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run in chunks of at most the backend's max batch; a chunk below its min batch is padded by
+        repeating its last sample, and the padding is dropped from the outputs."""
         n = len(next(iter(feeds.values())))
         step = backend.max_batch or n
-        parts = [backend.infer({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n, step)]
+        parts = []
+        for i in range(0, n, step):
+            chunk = {k: v[i:i + step] for k, v in feeds.items()}
+            size = len(next(iter(chunk.values())))
+            pad = max(0, backend.min_batch - size)
+            if pad:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in chunk.items()}
+            out = backend.infer(chunk)
+            parts.append({k: v[:size] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # --- lifetime ---------------------------------------------------------------------------------

@@ -1,0 +1,572 @@
+"""``nerfgan parity``: does an exported engine render what its teacher renders, from every pose, in 3D?
+
+    nerfgan parity --teacher tiny --engine export/ --n 64 -o parity/ --min-psnr 30 --max-consistency-gap 1
+
+Samples: sample i is seed S + i // 5 at yaw YAWS[i % 5] (0, -20, 20, -40, 40 degrees) and pitch
+PITCHES[(i // 5) % 3] (0, 8, -8 degrees), so PSNR-vs-yaw has about n / 5 points per yaw. The teacher
+(PyTorch) renders each view alone (batch 1) with nerfgan.teacher.renders' settings: deterministic ray
+sampling, backbone noise 'const', truncation over all ws, strict float32 on CUDA. The engine (the
+runtime Generator) gets the teacher's own style code w = ws[:, 0] and the same pose; the engine's
+mapping is checked against it and reported as max |w_teacher - w_engine|.
+
+Figures. Images are clipped to [-1, 1] (data range 2); PSNR is capped at 100 dB (identical images).
+* Per sample: PSNR and SSIM (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, as
+  nerfgan.student.losses.ssim) of the final image, and of the engine's image_raw against the teacher's
+  clean rendered colour feature_image[:, :3] (not the teacher's image_raw: upstream's SR quirk, see
+  nerfgan.teacher.renders). Aggregates are means over samples, also per yaw.
+* 3D consistency, for each seed's view pairs A = yaw 0 -> B = yaw -20 / +20 (same pitch): a backward warp
+  at the neural rendering resolution R of the low-resolution colour. Each pixel of B is unprojected with
+  the TEACHER's depth of B (the expected distance along the pixel's unit ray direction, as
+  nerfgan.teacher.rays and the renderer define it, not z-depth), projected into A and A's colour sampled
+  there bilinearly. A pixel is valid when it lands inside A's image, in front of A's camera, and its
+  distance to A's camera agrees with the teacher's depth of A there within DEPTH_TOL (relative; the
+  occlusion test). PSNR of warp(A) against B over the valid pixels, for the engine's views and for the
+  teacher's (one mask for both). The gap is teacher - engine in dB: positive when the engine is less
+  3D-consistent than its teacher.
+
+REPORT_DIR receives report.json (every figure, thresholds, verdict, identities with sha256), report.md,
+grid.png and psnr_vs_yaw.png, each written atomically, report.json last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+import nerfgan
+from nerfgan import camera
+from nerfgan.errors import ConfigError, NerfganError, UsageError
+from nerfgan.io import atomic_path, save_png, to_uint8
+from nerfgan.runtime import spec as S
+
+YAWS = (0.0, -20.0, 20.0, -40.0, 40.0)  # degrees, cycled per sample
+PITCHES = (0.0, 8.0, -8.0)  # degrees, cycled per seed
+PAIR_YAWS = (-20.0, 20.0)  # consistency pairs: yaw 0 -> each of these, same seed and pitch
+DEPTH_TOL = 0.03  # occlusion test: |distance - depth of A| <= DEPTH_TOL * distance
+PSNR_CAP = 100.0  # dB stored for identical images (as nerfgan.student.losses.PSNR_CAP_DB)
+DIFF_GAIN = 4.0  # grid.png: |teacher - engine| * DIFF_GAIN * 127.5, clipped at 255
+GRID_ROWS = 6
+REPORT_FORMAT = "nerfgan-parity-report"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ParityError(NerfganError):
+    """An engine missed a parity threshold; the report is written and the message lists every miss."""
+
+    exit_code = 1
+
+
+# --- metrics (numpy) ------------------------------------------------------------------------------
+def _pair(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 4 or a.shape != b.shape:
+        raise ValueError(f"{name}: expected two (B, C, H, W) arrays of one shape, got {a.shape} and {b.shape}")
+    return np.clip(a, -1.0, 1.0), np.clip(b, -1.0, 1.0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample PSNR in dB of images clipped to [-1, 1] (data range 2): (B, C, H, W) x2 -> (B,); inf if equal."""
+    a, b = _pair(a, b, "psnr")
+    mse = np.mean((a - b) ** 2, axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return np.asarray(10.0 * np.log10(4.0 / mse))
+
+
+def _blur_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    k = len(g)
+    h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
+    y = sum(g[i] * x[..., :, i:i + w] for i in range(k))
+    return np.asarray(sum(g[i] * y[..., i:i + h, :] for i in range(k)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Per-sample SSIM of images clipped to [-1, 1]: (B, C, H, W) x2 -> (B,).
+
+    nerfgan.student.losses.ssim in float64 numpy (data range 2, 'valid' positions, the window shrunk
+    to the image when smaller), after the clipping that parity applies to every figure.
+    """
+    a, b = _pair(a, b, "ssim")
+    a, b = a + 1.0, b + 1.0  # [0, 2]: the luminance term is not shift-invariant
+    k = min(window, a.shape[-2], a.shape[-1])
+    x = np.arange(k) - (k - 1) / 2.0
+    g = np.exp(-(x**2) / (2.0 * sigma**2))
+    g /= g.sum()
+    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2
+    mu_a, mu_b = _blur_valid(a, g), _blur_valid(b, g)
+    var_a = _blur_valid(a * a, g) - mu_a**2
+    var_b = _blur_valid(b * b, g) - mu_b**2
+    cov = _blur_valid(a * b, g) - mu_a * mu_b
+    s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return np.asarray(s.mean(axis=(1, 2, 3)))
+
+
+def _cap(x: float) -> float:
+    return float(min(x, PSNR_CAP))
+
+
+# --- geometry: the backward warp -----------------------------------------------------------------
+def pixel_rays(c: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Camera (25,) -> origin (3,), unit ray directions (R, R, 3) through pixel centres, float64.
+
+    The same rays as nerfgan.teacher.rays.generate_rays (pixel (i, j) at u = (j + 0.5) / R, v = (i + 0.5) / R).
+    """
+    m, k = (x.astype(np.float64) for x in camera.unpack(c))
+    R = resolution
+    t = (np.arange(R) + 0.5) / R
+    v, u = np.meshgrid(t, t, indexing="ij")
+    fx, fy, cx, cy, sk = k[0, 0], k[1, 1], k[0, 2], k[1, 2], k[0, 1]
+    y_cam = (v - cy) / fy
+    x_cam = (u - cx - sk * y_cam) / fx
+    d = np.stack([x_cam, y_cam, np.ones_like(u)], -1) @ m[:3, :3].T
+    return m[:3, 3], d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+
+def _bilinear(image: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """(C, R, R) sampled at fractional (row, col) in [0, R - 1] -> (C, *row.shape)."""
+    R = image.shape[-1]
+    r0 = np.clip(np.floor(row), 0, max(R - 2, 0)).astype(np.int64)
+    c0 = np.clip(np.floor(col), 0, max(R - 2, 0)).astype(np.int64)
+    r1, c1 = np.minimum(r0 + 1, R - 1), np.minimum(c0 + 1, R - 1)
+    fr, fc = row - r0, col - c0
+    return np.asarray((image[:, r0, c0] * (1 - fr) * (1 - fc) + image[:, r0, c1] * (1 - fr) * fc
+                       + image[:, r1, c0] * fr * (1 - fc) + image[:, r1, c1] * fr * fc))
+
+
+def warp(image_a: np.ndarray, c_a: np.ndarray, c_b: np.ndarray, depth_b: np.ndarray,
+         depth_a: np.ndarray | None = None, depth_tol: float = DEPTH_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """View A's image (C, R, R) seen from camera B: (warped (C, R, R), valid mask (R, R) bool).
+
+    depth_b (R, R): B's depth, distance along each pixel's unit ray. depth_a (R, R), optional: the
+    occlusion test (a B pixel whose distance to A's camera differs from A's depth there by more than
+    ``depth_tol`` times that distance is invalid).
+    """
+    R = image_a.shape[-1]
+    o_b, d_b = pixel_rays(c_b, R)
+    points = o_b + np.asarray(depth_b, np.float64).reshape(R, R, 1) * d_b  # (R, R, 3) world
+    m_a, k_a = (x.astype(np.float64) for x in camera.unpack(c_a))
+    rel = points - m_a[:3, 3]
+    p = rel @ m_a[:3, :3]  # world -> camera A (the rotation's transpose)
+    z = p[..., 2]
+    front = z > 1e-6
+    zs = np.where(front, z, 1.0)
+    xn, yn = p[..., 0] / zs, p[..., 1] / zs
+    col = (k_a[0, 0] * xn + k_a[0, 1] * yn + k_a[0, 2]) * R - 0.5
+    row = (k_a[1, 1] * yn + k_a[1, 2]) * R - 0.5
+    valid = front & (col >= -0.5) & (col <= R - 0.5) & (row >= -0.5) & (row <= R - 0.5)
+    row, col = np.clip(row, 0, R - 1), np.clip(col, 0, R - 1)
+    warped = _bilinear(np.asarray(image_a, np.float64), row, col)
+    if depth_a is not None:
+        dist = np.linalg.norm(rel, axis=-1)
+        seen = _bilinear(np.asarray(depth_a, np.float64).reshape(1, R, R), row, col)[0]
+        valid &= np.abs(seen - dist) <= depth_tol * dist
+    return warped, valid
+
+
+def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR (dB, capped) of (C, R, R) images clipped to [-1, 1] over the pixels where ``mask``; None if empty."""
+    if not mask.any():
+        return None
+    d = np.clip(a, -1, 1)[:, mask] - np.clip(b, -1, 1)[:, mask]
+    mse = float(np.mean(d**2))
+    return PSNR_CAP if mse == 0 else _cap(10 * math.log10(4.0 / mse))
+
+
+# --- samples ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    index: int
+    seed: int
+    yaw: float  # degrees from frontal
+    pitch: float
+
+
+def plan_samples(n: int, seed: int = 0) -> list[Sample]:
+    """The n (seed, pose) samples parity renders (see the module docstring)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UsageError(f"--n: expected a positive number of samples, got {n!r}")
+    last = seed + (n - 1) // len(YAWS)
+    if seed < 0 or last >= 2**32:
+        raise UsageError(f"--seed: seeds {seed}..{last} must lie in [0, 2**32)")
+    return [Sample(i, seed + i // len(YAWS), YAWS[i % len(YAWS)], PITCHES[(i // len(YAWS)) % len(PITCHES)])
+            for i in range(n)]
+
+
+def view_pairs(samples: Sequence[Sample]) -> list[tuple[int, int]]:
+    """(index of view A, index of view B) for the consistency figure: yaw 0 -> PAIR_YAWS, same seed."""
+    frontal = {s.seed: s.index for s in samples if s.yaw == 0.0}
+    return [(frontal[s.seed], s.index) for s in samples if s.yaw in PAIR_YAWS and s.seed in frontal]
+
+
+# --- the two renderers --------------------------------------------------------------------------
+def render_teacher(model: Any, samples: Sequence[Sample], truncation: float) -> dict[str, np.ndarray]:
+    """Teacher views, one at a time: w (N, w_dim), c (N, 25), image (N, 3, H, W), rgb (N, 3, R, R), depth (N, R, R)."""
+    import torch
+
+    from nerfgan.sampling import z_from_seed
+    from nerfgan.teacher.renders import RENDER_SETTINGS, reproducible_cuda
+    from nerfgan.teacher.views import cameras_for
+
+    device = next(model.parameters()).device
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("w", "c", "image", "rgb", "depth")}
+    seed: int | None = None
+    ws: Any = None
+    planes: Any = None
+    with torch.no_grad(), reproducible_cuda():
+        for s in samples:
+            c, c_cond = cameras_for(model, s.yaw, s.pitch)
+            if s.seed != seed:  # the planes of one seed serve all its views
+                z = torch.from_numpy(z_from_seed(s.seed, model.config.z_dim)).to(device)
+                ws = model.mapping(z, torch.from_numpy(c_cond[None]).to(device), truncation_psi=truncation)
+                planes = model.planes(ws, noise_mode=str(RENDER_SETTINGS["noise_mode"]), fused=False)
+                seed = s.seed
+            o = model.render_planes(planes, ws, torch.from_numpy(c[None]).to(device),
+                                    render_mode=str(RENDER_SETTINGS["render_mode"]), fused=False)
+            for k, v in (("w", ws[:, 0]), ("image", o.image), ("rgb", o.feature_image[:, :3]),
+                         ("depth", o.image_depth[:, 0])):
+                out[k].append(v.float().cpu().numpy())
+            out["c"].append(c[None])
+    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+
+
+def render_engine(g: Any, samples: Sequence[Sample], w: np.ndarray, chunk: int = 16) -> dict[str, np.ndarray]:
+    """Engine views for the teacher's w: image (N, 3, H, W), rgb = image_raw (N, 3, R, R)."""
+    yaw = np.array([s.yaw for s in samples])
+    pitch = np.array([s.pitch for s in samples])
+    parts = [g.generate(w=w[i:i + chunk], yaw=yaw[i:i + chunk], pitch=pitch[i:i + chunk])
+             for i in range(0, len(samples), chunk)]
+    return {"image": np.concatenate([p["image"] for p in parts]), "rgb": np.concatenate([p["image_raw"] for p in parts])}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_same_teacher(teacher_config_json: str, metadata: dict[str, str], engine: str, teacher: str) -> None:
+    """ConfigError unless the engine's embedded student config names the teacher config given."""
+    try:
+        theirs = json.loads(metadata[S.META_CONFIG])["teacher"]
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{engine}: its metadata has no {S.META_CONFIG} with a teacher config, so it cannot be "
+                          f"checked against --teacher {teacher}") from None
+    ours, theirs = _flatten(json.loads(teacher_config_json)), _flatten(theirs)
+    diff = [f"{k}: engine {theirs.get(k)!r}, teacher {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k)]
+    if diff:
+        raise ConfigError(f"{engine}: was distilled from a different teacher than --teacher {teacher} "
+                          f"({len(diff)} config value(s) differ: {'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def torch_device_for(device: str) -> str:
+    """The PyTorch device for --device (auto: cuda when PyTorch sees one); UsageError for a bad or absent one."""
+    import torch
+
+    if device not in DEVICES:
+        raise UsageError(f"--device: choose one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+
+
+# --- the run ------------------------------------------------------------------------------------
+def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.PathLike[str], n: int = 64,
+               seed: int = 0, truncation: float = 0.7, precision: str | None = None, device: str = "auto",
+               min_psnr: float | None = None, min_ssim: float | None = None,
+               max_consistency_gap: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Render, compare and write the report into ``out_dir``; returns the report (see :func:`raise_on_miss`)."""
+    import nerfgan.runtime as nr
+    from nerfgan.teacher.checkpoint import BUILTIN_TEACHERS, load_teacher, resolve_teacher_path
+
+    samples = plan_samples(n, seed)
+    pairs = view_pairs(samples)
+    if not 0.0 <= truncation <= 1.0:
+        raise UsageError(f"--truncation: must be in [0, 1], got {truncation}")
+    for name, v in (("--min-psnr", min_psnr), ("--min-ssim", min_ssim), ("--max-consistency-gap", max_consistency_gap)):
+        if v is not None and not math.isfinite(v):
+            raise UsageError(f"{name}: expected a finite number, got {v}")
+    if max_consistency_gap is not None and not pairs:
+        raise UsageError("--max-consistency-gap: needs a view pair (yaw 0 and yaw -20 of one seed): use --n 2 or more")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory (-o takes a directory)")
+    torch_device = torch_device_for(device)
+    with nr.load(engine, precision=precision, device=device) as g:
+        model = load_teacher(teacher, device=torch_device)
+        check_same_teacher(model.config.to_json(), g.student.metadata, str(engine), teacher)
+        log(f"rendering {n} teacher views ({torch_device}) and {n} engine views ({g.backend})")
+        t = render_teacher(model, samples, truncation)
+        e = render_engine(g, samples, t["w"])
+        first = sorted({s.seed: s.index for s in reversed(samples)}.items())
+        w_diff = None if g.mapping is None else float(np.abs(
+            g.style(seed=[sd for sd, _ in first], truncation=truncation) - t["w"][[i for _, i in first]]).max())
+        cam_diff = float(np.abs(g.cameras([s.yaw for s in samples], [s.pitch for s in samples]) - t["c"]).max())
+        files = {"student": g.student.path, "mapping": g.mapping.path if g.mapping else None}
+        engine_id: dict[str, Any] = {
+            "argument": str(engine), "backend": g.backend, "precision": g.precision,
+            "files": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in files.items() if p is not None},
+            "checkpoint_sha256": g.student.metadata.get(S.META_CHECKPOINT),
+            "exported_by": g.student.metadata.get(S.META_VERSION)}
+    if Path(engine).is_dir() and (Path(engine) / "manifest.json").is_file():
+        engine_id["files"]["manifest"] = {"path": str(Path(engine) / "manifest.json"),
+                                          "sha256": file_sha256(Path(engine) / "manifest.json")}
+    tpath = resolve_teacher_path(teacher)
+    teacher_id = {"argument": teacher, "path": str(tpath), "builtin": not Path(teacher).exists() and teacher in BUILTIN_TEACHERS,
+                  "sha256": file_sha256(tpath), "config": json.loads(model.config.to_json()), "device": torch_device}
+
+    p_img, s_img = psnr(e["image"], t["image"]), ssim(e["image"], t["image"])
+    p_raw, s_raw = psnr(e["rgb"], t["rgb"]), ssim(e["rgb"], t["rgb"])
+    rows = [{"index": s.index, "seed": s.seed, "yaw": s.yaw, "pitch": s.pitch, "psnr_image": _cap(p_img[s.index]),
+             "ssim_image": float(s_img[s.index]), "psnr_raw": _cap(p_raw[s.index]), "ssim_raw": float(s_raw[s.index])}
+            for s in samples]
+    keys = ("psnr_image", "ssim_image", "psnr_raw", "ssim_raw")
+    per_yaw = [{"yaw": y, "n": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys}}
+               for y in sorted({s.yaw for s in samples}) for sel in [[r for r in rows if r["yaw"] == y]]]
+    pair_rows = []
+    for a, b in pairs:
+        _, mask = warp(t["rgb"][a], t["c"][a], t["c"][b], t["depth"][b], t["depth"][a])
+        we, _ = warp(e["rgb"][a], t["c"][a], t["c"][b], t["depth"][b])
+        wt, _ = warp(t["rgb"][a], t["c"][a], t["c"][b], t["depth"][b])
+        pair_rows.append({"seed": samples[a].seed, "pitch": samples[a].pitch, "yaw_a": samples[a].yaw,
+                          "yaw_b": samples[b].yaw, "valid_fraction": float(mask.mean()),
+                          "psnr_engine": masked_psnr(we, e["rgb"][b], mask), "psnr_teacher": masked_psnr(wt, t["rgb"][b], mask)})
+    ok_pairs = [p for p in pair_rows if p["psnr_engine"] is not None]
+    cons_e = float(np.mean([p["psnr_engine"] for p in ok_pairs])) if ok_pairs else None
+    cons_t = float(np.mean([p["psnr_teacher"] for p in ok_pairs])) if ok_pairs else None
+    gap = None if cons_e is None or cons_t is None else cons_t - cons_e
+    agg: dict[str, float | None] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    agg.update({"consistency_psnr_engine": cons_e, "consistency_psnr_teacher": cons_t, "consistency_gap_db": gap,
+                "w_max_abs_diff": w_diff, "camera_max_abs_diff": cam_diff})
+    checks = []
+    for metric, value, threshold, op in (("psnr_image", agg["psnr_image"], min_psnr, ">="),
+                                         ("ssim_image", agg["ssim_image"], min_ssim, ">="),
+                                         ("consistency_gap_db", gap, max_consistency_gap, "<=")):
+        passed = None if threshold is None else (value is not None and (value >= threshold if op == ">=" else value <= threshold))
+        checks.append({"metric": metric, "value": value, "threshold": threshold, "op": op, "passed": passed})
+    missed = [c["metric"] for c in checks if c["passed"] is False]
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT, "format_version": "1", "nerfgan_version": nerfgan.__version__,
+        "teacher": teacher_id, "engine": engine_id,
+        "settings": {"n": n, "seed": seed, "truncation": truncation, "device": device, "yaws": list(YAWS),
+                     "pitches": list(PITCHES), "pair_yaws": list(PAIR_YAWS), "depth_tol": DEPTH_TOL,
+                     "psnr_cap_db": PSNR_CAP, "diff_gain": DIFF_GAIN,
+                     "consistency_method": "backward warp at the neural resolution of the low-resolution colour, "
+                                           "teacher depth of B (distance along unit rays), occlusion test with "
+                                           "the teacher depth of A"},
+        "samples": rows, "per_yaw": per_yaw, "consistency": {"pairs": pair_rows}, "aggregates": agg,
+        "thresholds": {"min_psnr": min_psnr, "min_ssim": min_ssim, "max_consistency_gap": max_consistency_gap},
+        "checks": checks, "missed": missed, "verdict": "fail" if missed else "pass"}
+    write_report(out, report, t, e)
+    return report
+
+
+def raise_on_miss(report: dict[str, Any]) -> None:
+    """ParityError listing each missed metric, value and threshold; nothing when every threshold is met."""
+    missed = [c for c in report["checks"] if c["passed"] is False]
+    if missed:
+        parts = [f"{c['metric']} {_fmt(c['metric'], c['value'])} (needs {c['op']} {c['threshold']})" for c in missed]
+        raise ParityError(f"parity: {len(missed)} threshold(s) missed: {'; '.join(parts)}")
+
+
+# --- the report -----------------------------------------------------------------------------------
+def _fmt(metric: str, v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if "ssim" in metric else (f"{v:.2e}" if "diff" in metric else f"{v:.2f}")
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(metric, engine, teacher, threshold, result) rows of the summary table."""
+    a = report["aggregates"]
+    by = {c["metric"]: c for c in report["checks"]}
+
+    def row(metric: str, label: str, teacher: str = "") -> tuple[str, str, str, str, str]:
+        c = by.get(metric)
+        thr = "" if c is None or c["threshold"] is None else f"{c['op']} {c['threshold']:g}"
+        res = "" if c is None or c["passed"] is None else ("pass" if c["passed"] else "FAIL")
+        return label, _fmt(metric, a[metric]), teacher, thr, res
+
+    return [row("psnr_image", "PSNR image (dB)"), row("ssim_image", "SSIM image"),
+            row("psnr_raw", "PSNR image_raw (dB)"), row("ssim_raw", "SSIM image_raw"),
+            row("consistency_psnr_engine", "3D consistency PSNR (dB)",
+                _fmt("consistency_psnr_teacher", a["consistency_psnr_teacher"])),
+            row("consistency_gap_db", "consistency gap, teacher - engine (dB)"),
+            row("w_max_abs_diff", "mapping max |w_teacher - w_engine|")]
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    head = ("metric", "engine", "teacher", "threshold", "result")
+    rows = [head] + summary_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", f"{'yaw':>5}  {'n':>3}  {'PSNR image':>10}  {'SSIM image':>10}  {'PSNR raw':>8}  {'SSIM raw':>8}"]
+    lines += [f"{y['yaw']:>5g}  {y['n']:>3}  {y['psnr_image']:>10.2f}  {y['ssim_image']:>10.4f}  {y['psnr_raw']:>8.2f}  "
+              f"{y['ssim_raw']:>8.4f}" for y in report["per_yaw"]]
+    lines.append(f"verdict: {report['verdict'].upper()}" + (f" (missed: {', '.join(report['missed'])})" if report["missed"] else ""))
+    return "\n".join(lines)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    t, e, s = report["teacher"], report["engine"], report["settings"]
+    md = ["# nerfgan parity report", "",
+          f"- engine: `{e['argument']}` ({e['backend']}, {e['precision']}); "
+          + ", ".join(f"{k} sha256 `{v['sha256'][:12]}`" for k, v in e["files"].items()),
+          f"- teacher: `{t['argument']}` (sha256 `{t['sha256'][:12]}`, {t['device']})",
+          f"- {s['n']} samples from seed {s['seed']}, truncation {s['truncation']}, nerfgan {report['nerfgan_version']}",
+          f"- verdict: **{report['verdict'].upper()}**" + (f" (missed: {', '.join(report['missed'])})" if report["missed"] else ""),
+          "", "| metric | engine | teacher | threshold | result |", "|---|---|---|---|---|"]
+    md += [f"| {' | '.join(r)} |" for r in summary_rows(report)]
+    md += ["", "## Per yaw (means)", "", "| yaw | n | PSNR image | SSIM image | PSNR image_raw | SSIM image_raw |",
+           "|---|---|---|---|---|---|"]
+    md += [f"| {y['yaw']:g} | {y['n']} | {y['psnr_image']:.2f} | {y['ssim_image']:.4f} | {y['psnr_raw']:.2f} | "
+           f"{y['ssim_raw']:.4f} |" for y in report["per_yaw"]]
+    md += ["", "PSNR: images clipped to [-1, 1], data range 2, capped at 100 dB. image_raw is compared with the "
+           "teacher's clean rendered colour feature_image[:, :3].", "",
+           f"3D consistency: {len(report['consistency']['pairs'])} view pair(s) (yaw 0 -> yaw -20/+20); "
+           f"{s['consistency_method']}, relative depth tolerance {s['depth_tol']}.", "",
+           f"grid.png: rows = the first samples; columns teacher | engine | |teacher - engine| x {s['diff_gain']:g} "
+           f"(x 127.5 to 0..255; white = a difference of {1 / s['diff_gain']:.2g} or more in [-1, 1] units). "
+           "psnr_vs_yaw.png: per-sample PSNR (dots) and per-yaw means (lines).", ""]
+    return "\n".join(md)
+
+
+def grid_image(teacher: np.ndarray, engine: np.ndarray, rows: int = GRID_ROWS, gain: float = DIFF_GAIN) -> np.ndarray:
+    """uint8 (rows*H, 3*W, 3) grid: teacher | engine | |difference| * gain, 2-pixel white gaps."""
+    k = min(rows, len(teacher))
+    diff = np.clip(np.abs(np.clip(teacher[:k], -1, 1) - np.clip(engine[:k], -1, 1)) * gain * 127.5, 0, 255)
+    tiles = [to_uint8(teacher[:k]), to_uint8(engine[:k]), np.moveaxis(np.rint(diff).astype(np.uint8), 1, -1)]
+    H, W = tiles[0].shape[1:3]
+    grid = np.full((k * (H + 2) - 2, 3 * (W + 2) - 2, 3), 255, np.uint8)
+    for r in range(k):
+        for col, tile in enumerate(tiles):
+            grid[r * (H + 2):r * (H + 2) + H, col * (W + 2):col * (W + 2) + W] = tile[r]
+    return grid
+
+
+def plot_psnr_vs_yaw(path: str | os.PathLike[str], report: dict[str, Any], backend: str = "auto") -> str:
+    """Write the PSNR-vs-yaw plot (matplotlib when importable and ``backend`` allows, else PIL); returns which drew it."""
+    series = [("image", "psnr_image", (31, 119, 180)), ("image_raw", "psnr_raw", (255, 127, 14))]
+    if backend in ("auto", "matplotlib"):
+        try:
+            mpl = importlib.import_module("matplotlib")
+            mpl.use("Agg")
+            plt: Any = importlib.import_module("matplotlib.pyplot")
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+        else:
+            fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+            for label, key, rgb in series:
+                colour = tuple(v / 255 for v in rgb)
+                ax.plot([r["yaw"] for r in report["samples"]], [r[key] for r in report["samples"]], ".", color=colour, alpha=0.4)
+                ax.plot([y["yaw"] for y in report["per_yaw"]], [y[key] for y in report["per_yaw"]], "-o", color=colour, label=label)
+            ax.set(xlabel="yaw (degrees)", ylabel="PSNR vs teacher (dB)", title="engine vs teacher: PSNR by yaw")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png")
+            plt.close(fig)
+            return "matplotlib"
+    save_png(path, _pil_plot(report, series))
+    return "pil"
+
+
+def _pil_plot(report: dict[str, Any], series: list[tuple[str, str, tuple[int, int, int]]],
+              size: tuple[int, int] = (640, 400)) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    W, H, left, right, top, bottom = size[0], size[1], 60, 20, 30, 45
+    xs = [r["yaw"] for r in report["samples"]]
+    ys = [r[k] for r in report["samples"] for _, k, _ in series]
+    x0, x1 = min(xs) - 5, max(xs) + 5
+    y0, y1 = math.floor(min(ys)) - 1, math.ceil(max(ys)) + 1
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (W - left - right), H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom))
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for yaw in sorted(set(xs)):
+        x, _ = px(yaw, y0)
+        d.line([x, H - bottom, x, H - bottom + 4], fill="black")
+        d.text((x - 8, H - bottom + 6), f"{yaw:g}", fill="black", font=font)
+    step = max(1, math.ceil((y1 - y0) / 6))
+    for v in range(int(y0), int(y1) + 1, step):
+        _, y = px(x0, v)
+        d.line([left - 4, y, W - right, y], fill=(225, 225, 225))
+        d.text((left - 30, y - 6), f"{v}", fill="black", font=font)
+    d.text((W // 2 - 40, H - 16), "yaw (degrees)", fill="black", font=font)
+    d.text((4, 8), "PSNR vs teacher (dB)", fill="black", font=font)
+    for n, (label, key, rgb) in enumerate(series):
+        for r in report["samples"]:
+            x, y = px(r["yaw"], r[key])
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=tuple(v // 2 + 127 for v in rgb))
+        pts = [px(y["yaw"], y[key]) for y in report["per_yaw"]]
+        if len(pts) > 1:
+            d.line(pts, fill=rgb, width=3)
+        for x, y in pts:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=rgb)
+        d.rectangle([W - right - 110, top + 8 + 16 * n, W - right - 98, top + 18 + 16 * n], fill=rgb)
+        d.text((W - right - 92, top + 6 + 16 * n), label, fill="black", font=font)
+    return np.asarray(img)
+
+
+def write_report(out: Path, report: dict[str, Any], teacher: dict[str, np.ndarray], engine: dict[str, np.ndarray]) -> None:
+    """grid.png, psnr_vs_yaw.png, report.md, then report.json, each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_png(out / "grid.png", grid_image(teacher["image"], engine["image"]))
+    report["settings"]["plot"] = plot_psnr_vs_yaw(out / "psnr_vs_yaw.png", report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(_markdown(report))
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
+
+
+# --- command line ---------------------------------------------------------------------------------
+@click.command("parity")
+@click.option("--teacher", required=True, help="TEACHER.safetensors, or a built-in teacher name ('tiny').")
+@click.option("--engine", required=True, help="Export folder, student .onnx / .plan, or student .safetensors.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which student of an export folder (default fp32).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (teacher and engine).")
+@click.option("--n", "n", type=int, default=64, show_default=True, help="Number of (seed, pose) samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed; sample i uses seed S + i // 5.")
+@click.option("--truncation", type=float, default=0.7, show_default=True, help="Truncation psi.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="REPORT_DIR to write.")
+@click.option("--min-psnr", type=float, default=None, help="Fail unless the mean final-image PSNR (dB) is at least this.")
+@click.option("--min-ssim", type=float, default=None, help="Fail unless the mean final-image SSIM is at least this.")
+@click.option("--max-consistency-gap", type=float, default=None,
+              help="Fail when the teacher's 3D-consistency PSNR exceeds the engine's by more than this (dB).")
+def parity_command(teacher: str, engine: str, precision: str | None, device: str, n: int, seed: int, truncation: float,
+                   output: str, min_psnr: float | None, min_ssim: float | None, max_consistency_gap: float | None) -> None:
+    """Compare an exported engine with its teacher: PSNR/SSIM per pose, 3D consistency; write REPORT_DIR."""
+    report = run_parity(teacher, engine, output, n=n, seed=seed, truncation=truncation, precision=precision,
+                        device=device, min_psnr=min_psnr, min_ssim=min_ssim, max_consistency_gap=max_consistency_gap,
+                        log=lambda s: click.echo(s, err=True))
+    click.echo(summary_text(report))
+    click.echo(f"wrote {output}: report.json, report.md, grid.png, psnr_vs_yaw.png")
+    raise_on_miss(report)

@@ -1,0 +1,403 @@
+"""``nerfgan-run``: images, seed grids, orbit animations and latent interpolations from an exported student.
+
+    nerfgan-run --engine export/ --seed 7 --pose 20,-5 -o face.png
+    nerfgan-run --engine export/ --seeds 0-15 --grid -o grid.png
+    nerfgan-run --engine export/ --seeds 0-3 -o face.png            # face-0.png ... face-3.png
+    nerfgan-run --engine export/ --seed 7 --orbit 48 -o orbit.gif
+    nerfgan-run --engine export/ --interp 3,5 --steps 8 -o strip.png
+
+Built on nerfgan.runtime only: with an ONNX export or a TensorRT plan it never imports torch, so this
+module imports nothing heavier than click, numpy and PIL (MP4 needs imageio-ffmpeg, imported when used).
+Every option is checked before the engine is loaded; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from PIL import Image
+
+from nerfgan import camera
+from nerfgan.cli import run_standalone
+from nerfgan.errors import InputFileError, PoseError, UsageError
+from nerfgan.io import atomic_path
+from nerfgan.runtime import Generator, load
+
+MAX_SEEDS = 1024
+MAX_FRAMES = 3600
+STILL, ANIMATION = (".png",), (".gif", ".mp4")
+MP4_INSTALL = "pip install 'nerfgan[video]'"
+
+
+# --- option types: a bad value is one `Error: --option: ...` line (exit 2), not click's usage block ---------
+def _opt(param: click.Parameter | None) -> str:
+    names = list(param.opts) if param is not None else []
+    return max(names, key=len) if names else "value"
+
+
+class _Number(click.ParamType):
+    """An int or float in [lo, hi] (``lo_open``: lo excluded); a bad value raises nerfgan's UsageError."""
+
+    def __init__(self, kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
+        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        want = ("an integer" if self.kind is int else "a number") + (
+            "" if self.lo is None else f" {'>' if self.lo_open else '>='} {self.lo:g}") + (
+            "" if self.hi is None else f" and <= {self.hi:g}")
+        try:
+            v = self.kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{_opt(param)}: expected {want}, got {value!r}") from None
+        if not math.isfinite(v) or (self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)) \
+                or (self.hi is not None and v > self.hi):
+            raise UsageError(f"{_opt(param)}: expected {want}, got {value!r}")
+        return v
+
+
+class _Choice(click.ParamType):
+    name = "choice"
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value not in self.choices:
+            raise UsageError(f"{_opt(param)}: choose one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+# --- parsing -------------------------------------------------------------------------------------------------
+def parse_seeds(text: str, name: str = "--seeds") -> list[int]:
+    """``"A-B"`` (inclusive) or ``"A,B,C"``: non-negative integers below 2**32, at most MAX_SEEDS of them."""
+    s = str(text).strip()
+    try:
+        if "-" in s and "," not in s:
+            a, b = (int(p) for p in s.split("-"))
+            if a > b:
+                raise UsageError(f"{name}: range {s!r} runs backwards (A-B needs A <= B)")
+            if b - a + 1 > MAX_SEEDS:
+                raise UsageError(f"{name}: {s!r} is {b - a + 1} seeds, at most {MAX_SEEDS}")
+            seeds = list(range(a, b + 1))
+        else:
+            seeds = [int(p) for p in s.split(",")]
+    except ValueError:
+        raise UsageError(f"{name}: expected A-B (inclusive) or A,B,C with non-negative integers, got {text!r}") from None
+    if not all(0 <= v < 2**32 for v in seeds):
+        raise UsageError(f"{name}: seeds must be integers in [0, 2**32), got {text!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise UsageError(f"{name}: {len(seeds)} seeds, at most {MAX_SEEDS}")
+    return seeds
+
+
+def per_seed_path(output: str, seed: int) -> str:
+    """``out.png`` -> ``out-<seed>.png``: the file of one seed when --seeds is given without --grid."""
+    p = Path(output)
+    return str(p.with_name(f"{p.stem}-{seed}{p.suffix}"))
+
+
+# --- the plan: every option resolved and checked, nothing loaded ----------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    engine: str
+    precision: str | None
+    device: str
+    threads: int | None
+    mode: str  # 'single', 'seeds' (one file each), 'grid', 'orbit', 'interp'
+    seeds: list[int]  # the seeds rendered ('interp': its two ends)
+    truncation: float
+    fov: float | None
+    poses: list[list[float | None]]  # [yaw, pitch, radius] per frame (one for stills); radius None: the engine's
+    outputs: list[str]
+    frames: int  # frames of the animation; 1 for stills and strips
+    cols: int | None  # grid columns (grid; orbit with --seeds; interp strip)
+    fps: float | None
+    space: str | None  # interp: 'w' (lerp) or 'z' (slerp)
+    steps: int | None
+    batch: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def make_plan(engine: str, precision: str | None, device: str, threads: int | None, pose_text: str, seed: int | None,
+              seeds_text: str | None, truncation: float, fov: float | None, output: str, grid: bool, cols: int | None,
+              orbit: int | None, yaw_range: float | None, pitch_range: float | None, fps: float | None,
+              interp: str | None, steps: int | None, space: str | None, batch: int) -> Plan:
+    """Resolve and check every option (UsageError/PoseError naming it) without touching the engine."""
+    yaw, pitch, radius = camera.parse_pose(pose_text)
+    if seed is not None and seeds_text is not None:
+        raise UsageError("--seed and --seeds: give one of them")
+    if orbit is not None and interp is not None:
+        raise UsageError("--orbit and --interp: give one of them")
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else [0 if seed is None else seed]
+    for flag, given, needs in (("--steps", steps, interp), ("--space", space, interp), ("--yaw-range", yaw_range, orbit),
+                               ("--pitch-range", pitch_range, orbit)):
+        if given is not None and needs is None:
+            raise UsageError(f"{flag} works with {'--interp' if flag in ('--steps', '--space') else '--orbit'} only")
+    if interp is not None:
+        if seed is not None or seeds_text is not None:
+            raise UsageError("--interp A,B names its seeds: drop --seed/--seeds")
+        if grid:
+            raise UsageError("--grid works with --seeds; --interp writes its steps in one row (see --cols)")
+        ends = parse_seeds(interp, "--interp")
+        if len(ends) != 2 or ends[0] == ends[1]:
+            raise UsageError(f"--interp: expected two different seeds A,B, got {interp!r}")
+        seeds, steps = ends, 8 if steps is None else steps
+        mode = "interp"
+    elif orbit is not None:
+        mode = "orbit"
+    elif seeds_text is not None:
+        mode = "grid" if grid else "seeds"
+        if not grid and len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seeds: {seeds_text!r} repeats a seed; each seed writes its own file")
+    else:
+        mode = "grid" if grid else "single"
+
+    suffix = Path(output).suffix.lower()
+    allowed = {"interp": STILL + ANIMATION, "orbit": ANIMATION}.get(mode, STILL)
+    if suffix not in allowed:
+        what = {"interp": "--interp writes a .png strip or a .gif/.mp4 animation",
+                "orbit": "--orbit writes a .gif or .mp4 animation"}.get(mode, "a still image is written as .png "
+                                                                              "(--orbit writes .gif or .mp4)")
+        raise UsageError(f"-o {output}: {what}")
+    if Path(output).is_dir():
+        raise UsageError(f"-o {output}: is a directory, expected a file name")
+    animated = suffix in ANIMATION
+    if suffix == ".mp4" and not mp4_encoder_available():
+        raise UsageError(f"-o {output}: writing .mp4 needs imageio with its ffmpeg plugin ({MP4_INSTALL}); "
+                         "or write a .gif")
+    if fps is not None and not animated:
+        raise UsageError("--fps works with a .gif or .mp4 output only")
+    if fov is not None and not 1.0 <= fov <= 120.0:
+        raise UsageError(f"--fov: {fov:g} degrees is outside [1, 120]")
+    n_cells = {"grid": len(seeds), "orbit": len(seeds) if seeds_text is not None else 1,
+               "interp": 0 if animated else steps}.get(mode, 0) or 0
+    if cols is not None and n_cells <= 1:
+        raise UsageError("--cols works with --grid, --orbit with --seeds, or an --interp strip")
+    if cols is not None and cols > n_cells:
+        raise UsageError(f"--cols: {cols} is more than the {n_cells} images")
+    if n_cells > 1 and cols is None:
+        cols = steps if mode == "interp" else math.ceil(math.sqrt(n_cells))
+
+    poses: list[list[float | None]] = [[yaw, pitch, radius]]
+    frames = int(steps or 2) if mode == "interp" and animated else 1
+    if mode == "orbit":
+        yr, pr = 20.0 if yaw_range is None else yaw_range, 14.0 if pitch_range is None else pitch_range
+        if yr > 180:
+            raise UsageError(f"--yaw-range: {yr:g} degrees is more than 180")
+        if pr >= 90:
+            raise UsageError(f"--pitch-range: {pr:g} degrees must be below 90")
+        offsets = camera.orbit(int(orbit or 0), yr, pr, pitch_offset_deg=0.0).astype(np.float64)
+        ys, ps = np.round(yaw + offsets[:, 0], 4), np.round(pitch + offsets[:, 1], 4)  # as printed by --dry-run
+        where = f"--orbit around --pose {pose_text} with --yaw-range {yr:g}, --pitch-range {pr:g}"
+        if np.abs(ys).max() > 180:
+            raise PoseError(f"{where}: the yaw reaches {float(np.abs(ys).max()):g} degrees (limit 180)")
+        if np.abs(ps).max() >= 90:
+            raise PoseError(f"{where}: the pitch reaches {float(np.abs(ps).max()):g} degrees (limit: below 90)")
+        poses = [[float(a), float(b), radius] for a, b in zip(ys, ps)]
+        frames = len(poses)
+    if mode == "seeds":
+        outputs = [per_seed_path(output, s) for s in seeds]
+    else:
+        outputs = [output]
+    return Plan(engine=engine, precision=precision, device=device, threads=threads, mode=mode, seeds=seeds,
+                truncation=truncation, fov=fov, poses=poses, outputs=outputs, frames=frames, cols=cols,
+                fps=(24.0 if fps is None else fps) if animated else None, space=(space or "w") if mode == "interp" else None,
+                steps=steps, batch=batch)
+
+
+def check_engine(path: str, precision: str | None) -> None:
+    """The cheap checks of nerfgan.runtime.load, for --dry-run and before loading."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "manifest.json").is_file():
+            raise InputFileError(f"{p}: no manifest.json (not an export folder; run nerfgan-export -o {p})")
+    elif not p.is_file():
+        raise InputFileError(f"{p}: not found (expected an export folder, .onnx, .plan or student .safetensors)")
+    elif precision is not None:
+        raise UsageError("--precision picks a file inside an export folder; a file path already names one")
+
+
+# --- images --------------------------------------------------------------------------------------------------
+def tile(images: Sequence[np.ndarray], cols: int) -> np.ndarray:
+    """uint8 (H, W, 3) images -> one (rows*H, cols*W, 3) grid, row-major, empty cells black."""
+    h, w, c = images[0].shape
+    rows = math.ceil(len(images) / cols)
+    out = np.zeros((rows * h, cols * w, c), np.uint8)
+    for k, img in enumerate(images):
+        r, q = divmod(k, cols)
+        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
+    return out
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation of latents a, b (D,) at t (N,) -> (N, D) float32; lerp when they are parallel."""
+    a64, b64, tt = a.astype(np.float64), b.astype(np.float64), t.astype(np.float64)[:, None]
+    cos = float(np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64)))
+    omega = math.acos(min(1.0, max(-1.0, cos)))
+    if math.sin(omega) < 1e-6:
+        return ((1 - tt) * a64 + tt * b64).astype(np.float32)
+    return ((np.sin((1 - tt) * omega) * a64 + np.sin(tt * omega) * b64) / math.sin(omega)).astype(np.float32)
+
+
+def mp4_encoder_available() -> bool:
+    """True when imageio's ffmpeg plugin (imageio-ffmpeg, which ships an ffmpeg binary) can be imported."""
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def _render(g: Generator, plan: Plan, w: np.ndarray, obj: np.ndarray, pose: np.ndarray) -> Iterator[np.ndarray]:
+    """Images (H, W, 3) of style codes w[obj[i]] at poses[pose[i]], ``plan.batch`` per engine call."""
+    yaw = np.array([p[0] for p in plan.poses], np.float64)
+    pitch = np.array([p[1] for p in plan.poses], np.float64)
+    radius = plan.poses[0][2]
+    for i in range(0, len(obj), plan.batch):
+        o, q = obj[i:i + plan.batch], pose[i:i + plan.batch]
+        yield from g.render(w=w[o], yaw=yaw[q], pitch=pitch[q], radius=radius, fov=plan.fov)
+
+
+def _styles(g: Generator, plan: Plan) -> np.ndarray:
+    """Style codes: one per seed, or one per interpolation step."""
+    if plan.mode != "interp":
+        return g.style(seed=plan.seeds, truncation=plan.truncation, fov=plan.fov)
+    t = np.linspace(0.0, 1.0, int(plan.steps or 2), dtype=np.float32)
+    a, b = plan.seeds
+    if plan.space == "z":
+        z = g.latents([a, b])
+        return g.style(z=slerp(z[0], z[1], t), truncation=plan.truncation, fov=plan.fov)
+    wa, wb = (g.style(seed=s, truncation=plan.truncation, fov=plan.fov) for s in (a, b))
+    return ((1 - t)[:, None] * wa + t[:, None] * wb).astype(np.float32)
+
+
+def execute(g: Generator, plan: Plan) -> list[str]:
+    """Render and write the plan's outputs; returns one 'wrote ...' line per file."""
+    w = _styles(g, plan)
+    lines: list[str] = []
+    if plan.mode == "seeds":
+        idx = np.arange(len(plan.seeds))
+        for path, img in zip(plan.outputs, _render(g, plan, w, idx, np.zeros_like(idx))):
+            lines.append(write_png(path, img))
+        return lines
+    if plan.mode == "orbit":
+        n, f = len(w), plan.frames
+        obj, pose = np.tile(np.arange(n), f), np.repeat(np.arange(f), n)  # frame-major: frame k is obj 0..n-1
+        images = _render(g, plan, w, obj, pose)
+        frames = [tile([next(images) for _ in range(n)], plan.cols or 1) for _ in range(f)]
+        return [write_animation(plan.outputs[0], frames, plan.fps or 24.0)]
+    idx = np.arange(len(w))
+    images_list = list(_render(g, plan, w, idx, np.zeros_like(idx)))
+    if plan.mode == "interp" and plan.frames > 1:
+        return [write_animation(plan.outputs[0], images_list, plan.fps or 24.0)]
+    return [write_png(plan.outputs[0], tile(images_list, plan.cols or 1))]
+
+
+def _size(path: str) -> str:
+    return f"{Path(path).stat().st_size / 1e3:.1f} kB"
+
+
+def write_png(path: str, image: np.ndarray) -> str:
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return f"wrote {path} ({image.shape[1]}x{image.shape[0]}, {_size(path)})"
+
+
+def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
+    """A looping GIF (PIL) or an H.264 MP4 (imageio-ffmpeg), written atomically."""
+    with atomic_path(path) as tmp:
+        if path.lower().endswith(".mp4"):
+            ffmpeg: Any = importlib.import_module("imageio_ffmpeg")
+            h, w = frames[0].shape[:2]
+            writer = ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=2, output_params=["-f", "mp4"])  # tmp has no .mp4 suffix
+            try:
+                writer.send(None)
+                for frame in frames:
+                    writer.send(np.ascontiguousarray(frame))
+            finally:
+                writer.close()
+        else:
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                           duration=max(10, round(1000 / fps)))
+    h, w_ = frames[0].shape[:2]
+    return f"wrote {path} ({w_}x{h}, {len(frames)} frames at {fps:g} fps, {_size(path)})"
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+@click.command("nerfgan-run")
+@click.version_option(package_name="nerfgan")
+@click.option("--engine", required=True, help="An export folder (manifest.json), a student .onnx (mapping.onnx "
+              "beside it), a TensorRT student.plan, or a student .safetensors (runs PyTorch).")
+@click.option("--precision", type=_Choice("fp32", "fp16", "int8"), default=None, metavar="[fp32|fp16|int8]",
+              help="Which student of an export folder (default fp32).")
+@click.option("--device", type=_Choice("auto", "cpu", "cuda"), default="auto", show_default=True,
+              metavar="[auto|cpu|cuda]", help="Where to run.")
+@click.option("--threads", type=_Number(int, 1), default=None, help="ONNX Runtime threads (default: all cores).")
+@click.option("--pose", "pose_text", default="0,0", show_default=True,
+              help="YAW,PITCH[,RADIUS]: degrees from the frontal view (+yaw: the subject's left, +pitch: up); "
+                   "radius defaults to the engine's. With --orbit: the centre of the orbit.")
+@click.option("--seed", type=_Number(int, 0, 2**32 - 1), default=None, help="Latent seed (default 0).")
+@click.option("--seeds", "seeds_text", default=None,
+              help=f"A-B (inclusive) or A,B,C; at most {MAX_SEEDS}. Without --grid, -o out.png writes "
+                   "out-<seed>.png per seed.")
+@click.option("--grid", is_flag=True, help="All seeds in one PNG grid, ceil(sqrt(n)) columns unless --cols.")
+@click.option("--cols", type=_Number(int, 1), default=None, help="Grid columns (--grid, --orbit with --seeds, "
+              "--interp strip).")
+@click.option("--truncation", type=_Number(float, 0.0, 1.0), default=0.7, show_default=True, help="Truncation psi.")
+@click.option("--fov", type=_Number(float, 1.0, 120.0), default=None,
+              help="Diagonal field of view in degrees (default: the engine's, about 18.8).")
+@click.option("--orbit", type=_Number(int, 1, MAX_FRAMES), default=None,
+              help="N frames of one closed orbit around --pose, written as .gif (or .mp4 with imageio-ffmpeg); "
+                   "with --seeds each frame is a grid.")
+@click.option("--yaw-range", type=_Number(float, 0.0), default=None, help="--orbit yaw amplitude, degrees [20].")
+@click.option("--pitch-range", type=_Number(float, 0.0), default=None, help="--orbit pitch amplitude, degrees [14].")
+@click.option("--fps", type=_Number(float, 0.0, 100.0, lo_open=True), default=None,
+              help="Frames per second of a .gif/.mp4 [24].")
+@click.option("--interp", default=None, help="A,B: interpolate from seed A to seed B in --steps images.")
+@click.option("--steps", type=_Number(int, 2, MAX_FRAMES), default=None, help="--interp images [8].")
+@click.option("--space", type=_Choice("w", "z"), default=None, metavar="[w|z]",
+              help="--interp: lerp in w (default) or slerp in z.")
+@click.option("--batch", type=_Number(int, 1), default=8, show_default=True, help="Images per engine call.")
+@click.option("-o", "--output", required=True, help="File to write: .png (image, grid, strip), .gif or .mp4.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan as JSON; load and render nothing.")
+def run(engine: str, precision: str | None, device: str, threads: int | None, pose_text: str, seed: int | None,
+        seeds_text: str | None, grid: bool, cols: int | None, truncation: float, fov: float | None, orbit: int | None,
+        yaw_range: float | None, pitch_range: float | None, fps: float | None, interp: str | None, steps: int | None,
+        space: str | None, batch: int, output: str, dry_run: bool) -> None:
+    """Render images, seed grids, orbit animations or latent interpolations from an exported student.
+
+    \b
+      nerfgan-run --engine export/ --seed 7 --pose 20,-5 -o face.png
+      nerfgan-run --engine export/ --seeds 0-3 -o face.png         # face-0.png ... face-3.png
+      nerfgan-run --engine export/ --seeds 0-15 --grid -o grid.png
+      nerfgan-run --engine export/ --seed 7 --orbit 48 -o orbit.gif
+      nerfgan-run --engine export/ --interp 3,5 --steps 8 -o strip.png
+    """
+    plan = make_plan(engine, precision, device, threads, pose_text, seed, seeds_text, truncation, fov, output, grid,
+                     cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch)
+    check_engine(engine, precision)
+    if dry_run:
+        click.echo(plan.to_json())
+        return
+    with load(engine, precision=precision, device=device, threads=threads) as g:
+        for line in execute(g, plan):
+            click.echo(line)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``nerfgan-run``."""
+    run_standalone(run, "nerfgan-run", argv)
+
+
+if __name__ == "__main__":
+    main()
