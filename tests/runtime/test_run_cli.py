@@ -201,7 +201,7 @@ def test_mistakes_print_one_line_and_write_nothing(export_dir, tmp_path, capsys,
 def test_mp4_without_an_encoder_names_the_install(export_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(run_cli, "mp4_encoder_available", lambda: False)
     code, out, err = run(["--engine", export_dir, "--orbit", 4, "-o", tmp_path / "o.mp4"], capsys)
-    assert code == 2 and err.startswith("Error") and "pip install imageio imageio-ffmpeg" in err
+    assert code == 2 and err.startswith("Error") and "pip install 'nerfgan[video]'" in err
     assert "-o " in err and files(tmp_path) == []
 
 
