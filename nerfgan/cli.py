@@ -1,4 +1,4 @@
-"""Command line: ``nerfgan teacher {import,render,verify}``.
+"""Command line: ``nerfgan`` (teacher, train, calibrate, export, parity, bench, quickstart) and ``nerfgan-export``.
 
 A user's mistake (NerfganError) is printed on one line without a traceback and exits with the
 error's code (1, or 2 for usage errors); anything else is a bug and keeps its traceback.
@@ -34,6 +34,18 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), de
 @click.version_option(package_name="nerfgan")
 def cli() -> None:
     """nerfgan: EG3D teacher, convolutional student, export and runtime."""
+
+
+def _register_runtime_commands() -> None:
+    """`nerfgan parity` and `nerfgan bench` live beside their code; importing them loads no torch."""
+    from nerfgan.runtime.bench import bench_command
+    from nerfgan.runtime.parity import parity_command
+
+    cli.add_command(parity_command)
+    cli.add_command(bench_command)
+
+
+_register_runtime_commands()
 
 
 @cli.group()

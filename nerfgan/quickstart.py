@@ -129,12 +129,36 @@ class Quickstart:
             pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=40, loop=0)
         return {}
 
+    def parity(self) -> dict[str, Any]:
+        from nerfgan.runtime.parity import run_parity
+
+        report = run_parity(str(self.out / "teacher.safetensors"), self.out / "export", self.out / "parity", n=15,
+                            device="cpu", log=lambda s: None)
+        a = report["aggregates"]
+        self.echo(f"  student (ONNX) vs teacher: PSNR {a['psnr_image']:.2f} dB, SSIM {a['ssim_image']:.3f} "
+                  f"(128 px); report in {self.out / 'parity' / 'report.md'}")
+        return {"psnr_image": a["psnr_image"], "ssim_image": a["ssim_image"]}
+
+    def bench(self) -> dict[str, Any]:
+        from nerfgan.io import atomic_path
+        from nerfgan.runtime.bench import run_bench, table_text
+
+        result = run_bench(str(self.out / "teacher.safetensors"),
+                           [str(self.out / "run" / "student.safetensors"), str(self.out / "export"),
+                            str(self.out / "export")], [None, "fp32", "int8"], batches=(1, 4), device="cpu",
+                           runs=3, warmup=1, log=lambda s: None)
+        with atomic_path(self.out / "bench.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+        self.echo(table_text(result))
+        return {}
+
     # --- the whole job ----------------------------------------------------------------------------
     def run(self, extra: dict[str, Callable[[], dict[str, Any]]] | None = None) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "teacher": self.teacher, "renders": self.renders, "train": self.train, "calibrate": self.calibrate,
-            "export": self.export, "images": self.images, **(extra or {})}
+            "export": self.export, "images": self.images, "parity": self.parity, "bench": self.bench,
+            **(extra or {})}
         for name in STAGES:
             if name in steps:
                 self.stage(name, steps[name])

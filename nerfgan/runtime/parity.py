@@ -47,6 +47,7 @@ import nerfgan
 from nerfgan import camera
 from nerfgan.errors import ConfigError, NerfganError, UsageError
 from nerfgan.io import atomic_path, save_png, to_uint8
+from nerfgan.runtime import DEVICES
 from nerfgan.runtime import spec as S
 
 YAWS = (0.0, -20.0, 20.0, -40.0, 40.0)  # degrees, cycled per sample
@@ -57,7 +58,6 @@ PSNR_CAP = 100.0  # dB stored for identical images (as nerfgan.student.losses.PS
 DIFF_GAIN = 4.0  # grid.png: |teacher - engine| * DIFF_GAIN * 127.5, clipped at 255
 GRID_ROWS = 6
 REPORT_FORMAT = "nerfgan-parity-report"
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class ParityError(NerfganError):
@@ -138,8 +138,8 @@ def _bilinear(image: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray
     c0 = np.clip(np.floor(col), 0, max(R - 2, 0)).astype(np.int64)
     r1, c1 = np.minimum(r0 + 1, R - 1), np.minimum(c0 + 1, R - 1)
     fr, fc = row - r0, col - c0
-    return np.asarray((image[:, r0, c0] * (1 - fr) * (1 - fc) + image[:, r0, c1] * (1 - fr) * fc
-                       + image[:, r1, c0] * fr * (1 - fc) + image[:, r1, c1] * fr * fc))
+    return np.asarray(image[:, r0, c0] * (1 - fr) * (1 - fc) + image[:, r0, c1] * (1 - fr) * fc
+                      + image[:, r1, c0] * fr * (1 - fc) + image[:, r1, c1] * fr * fc)
 
 
 def warp(image_a: np.ndarray, c_a: np.ndarray, c_b: np.ndarray, depth_b: np.ndarray,
@@ -209,7 +209,10 @@ def view_pairs(samples: Sequence[Sample]) -> list[tuple[int, int]]:
 
 # --- the two renderers --------------------------------------------------------------------------
 def render_teacher(model: Any, samples: Sequence[Sample], truncation: float) -> dict[str, np.ndarray]:
-    """Teacher views, one at a time: w (N, w_dim), c (N, 25), image (N, 3, H, W), rgb (N, 3, R, R), depth (N, R, R)."""
+    """Teacher views, one per call (batch 1).
+
+    -> w (N, w_dim), c (N, 25), image (N, 3, H, W), rgb = feature_image[:, :3] (N, 3, R, R), depth (N, R, R).
+    """
     import torch
 
     from nerfgan.sampling import z_from_seed
@@ -290,6 +293,38 @@ def torch_device_for(device: str) -> str:
     return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
+def compare(samples: Sequence[Sample], pairs: Sequence[tuple[int, int]], t: dict[str, np.ndarray],
+            e: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
+                                               dict[str, float | None]]:
+    """Figures of engine views ``e`` against teacher views ``t``: (per sample, per yaw, per view pair, aggregates)."""
+    rows = []
+    for s in samples:  # one sample at a time: float64 SSIM maps of a 512px batch would take gigabytes
+        i = slice(s.index, s.index + 1)
+        rows.append({"index": s.index, "seed": s.seed, "yaw": s.yaw, "pitch": s.pitch,
+                     "psnr_image": _cap(psnr(e["image"][i], t["image"][i])[0]),
+                     "ssim_image": float(ssim(e["image"][i], t["image"][i])[0]),
+                     "psnr_raw": _cap(psnr(e["rgb"][i], t["rgb"][i])[0]),
+                     "ssim_raw": float(ssim(e["rgb"][i], t["rgb"][i])[0])})
+    keys = ("psnr_image", "ssim_image", "psnr_raw", "ssim_raw")
+    per_yaw = [{"yaw": y, "n": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys}}
+               for y in sorted({s.yaw for s in samples}) for sel in [[r for r in rows if r["yaw"] == y]]]
+    pair_rows = []
+    for a, b in pairs:  # one mask (from the teacher's depths) for both warps
+        wt, mask = warp(t["rgb"][a], t["c"][a], t["c"][b], t["depth"][b], t["depth"][a])
+        we, _ = warp(e["rgb"][a], t["c"][a], t["c"][b], t["depth"][b], t["depth"][a])
+        pair_rows.append({"seed": samples[a].seed, "pitch": samples[a].pitch, "yaw_a": samples[a].yaw,
+                          "yaw_b": samples[b].yaw, "valid_fraction": float(mask.mean()),
+                          "psnr_engine": masked_psnr(we, e["rgb"][b], mask),
+                          "psnr_teacher": masked_psnr(wt, t["rgb"][b], mask)})
+    ok = [p for p in pair_rows if p["psnr_engine"] is not None]
+    cons_e = float(np.mean([p["psnr_engine"] for p in ok])) if ok else None
+    cons_t = float(np.mean([p["psnr_teacher"] for p in ok])) if ok else None
+    agg: dict[str, float | None] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    agg.update({"consistency_psnr_engine": cons_e, "consistency_psnr_teacher": cons_t,
+                "consistency_gap_db": None if cons_e is None or cons_t is None else cons_t - cons_e})
+    return rows, per_yaw, pair_rows, agg
+
+
 # --- the run ------------------------------------------------------------------------------------
 def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.PathLike[str], n: int = 64,
                seed: int = 0, truncation: float = 0.7, precision: str | None = None, device: str = "auto",
@@ -297,7 +332,11 @@ def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.P
                max_consistency_gap: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Render, compare and write the report into ``out_dir``; returns the report (see :func:`raise_on_miss`)."""
     import nerfgan.runtime as nr
-    from nerfgan.teacher.checkpoint import BUILTIN_TEACHERS, load_teacher, resolve_teacher_path
+    from nerfgan.teacher.checkpoint import (
+        BUILTIN_TEACHERS,
+        load_teacher,
+        resolve_teacher_path,
+    )
 
     samples = plan_samples(n, seed)
     pairs = view_pairs(samples)
@@ -332,37 +371,18 @@ def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.P
         engine_id["files"]["manifest"] = {"path": str(Path(engine) / "manifest.json"),
                                           "sha256": file_sha256(Path(engine) / "manifest.json")}
     tpath = resolve_teacher_path(teacher)
-    teacher_id = {"argument": teacher, "path": str(tpath), "builtin": not Path(teacher).exists() and teacher in BUILTIN_TEACHERS,
+    builtin = not Path(teacher).exists() and teacher in BUILTIN_TEACHERS
+    teacher_id = {"argument": teacher, "path": str(tpath), "builtin": builtin,
                   "sha256": file_sha256(tpath), "config": json.loads(model.config.to_json()), "device": torch_device}
 
-    p_img, s_img = psnr(e["image"], t["image"]), ssim(e["image"], t["image"])
-    p_raw, s_raw = psnr(e["rgb"], t["rgb"]), ssim(e["rgb"], t["rgb"])
-    rows = [{"index": s.index, "seed": s.seed, "yaw": s.yaw, "pitch": s.pitch, "psnr_image": _cap(p_img[s.index]),
-             "ssim_image": float(s_img[s.index]), "psnr_raw": _cap(p_raw[s.index]), "ssim_raw": float(s_raw[s.index])}
-            for s in samples]
-    keys = ("psnr_image", "ssim_image", "psnr_raw", "ssim_raw")
-    per_yaw = [{"yaw": y, "n": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys}}
-               for y in sorted({s.yaw for s in samples}) for sel in [[r for r in rows if r["yaw"] == y]]]
-    pair_rows = []
-    for a, b in pairs:
-        _, mask = warp(t["rgb"][a], t["c"][a], t["c"][b], t["depth"][b], t["depth"][a])
-        we, _ = warp(e["rgb"][a], t["c"][a], t["c"][b], t["depth"][b])
-        wt, _ = warp(t["rgb"][a], t["c"][a], t["c"][b], t["depth"][b])
-        pair_rows.append({"seed": samples[a].seed, "pitch": samples[a].pitch, "yaw_a": samples[a].yaw,
-                          "yaw_b": samples[b].yaw, "valid_fraction": float(mask.mean()),
-                          "psnr_engine": masked_psnr(we, e["rgb"][b], mask), "psnr_teacher": masked_psnr(wt, t["rgb"][b], mask)})
-    ok_pairs = [p for p in pair_rows if p["psnr_engine"] is not None]
-    cons_e = float(np.mean([p["psnr_engine"] for p in ok_pairs])) if ok_pairs else None
-    cons_t = float(np.mean([p["psnr_teacher"] for p in ok_pairs])) if ok_pairs else None
-    gap = None if cons_e is None or cons_t is None else cons_t - cons_e
-    agg: dict[str, float | None] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    agg.update({"consistency_psnr_engine": cons_e, "consistency_psnr_teacher": cons_t, "consistency_gap_db": gap,
-                "w_max_abs_diff": w_diff, "camera_max_abs_diff": cam_diff})
+    rows, per_yaw, pair_rows, agg = compare(samples, pairs, t, e)
+    agg.update({"w_max_abs_diff": w_diff, "camera_max_abs_diff": cam_diff})
     checks = []
-    for metric, value, threshold, op in (("psnr_image", agg["psnr_image"], min_psnr, ">="),
-                                         ("ssim_image", agg["ssim_image"], min_ssim, ">="),
-                                         ("consistency_gap_db", gap, max_consistency_gap, "<=")):
-        passed = None if threshold is None else (value is not None and (value >= threshold if op == ">=" else value <= threshold))
+    for metric, threshold, op in (("psnr_image", min_psnr, ">="), ("ssim_image", min_ssim, ">="),
+                                  ("consistency_gap_db", max_consistency_gap, "<=")):
+        value = agg[metric]
+        passed = None if threshold is None else (
+            value is not None and (value >= threshold if op == ">=" else value <= threshold))
         checks.append({"metric": metric, "value": value, "threshold": threshold, "op": op, "passed": passed})
     missed = [c["metric"] for c in checks if c["passed"] is False]
     report: dict[str, Any] = {
@@ -415,6 +435,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
             row("w_max_abs_diff", "mapping max |w_teacher - w_engine|")]
 
 
+def _verdict(report: dict[str, Any]) -> str:
+    missed = report["missed"]
+    return report["verdict"].upper() + (f" (missed: {', '.join(missed)})" if missed else "")
+
+
 def summary_text(report: dict[str, Any]) -> str:
     head = ("metric", "engine", "teacher", "threshold", "result")
     rows = [head] + summary_rows(report)
@@ -424,7 +449,7 @@ def summary_text(report: dict[str, Any]) -> str:
     lines += ["", f"{'yaw':>5}  {'n':>3}  {'PSNR image':>10}  {'SSIM image':>10}  {'PSNR raw':>8}  {'SSIM raw':>8}"]
     lines += [f"{y['yaw']:>5g}  {y['n']:>3}  {y['psnr_image']:>10.2f}  {y['ssim_image']:>10.4f}  {y['psnr_raw']:>8.2f}  "
               f"{y['ssim_raw']:>8.4f}" for y in report["per_yaw"]]
-    lines.append(f"verdict: {report['verdict'].upper()}" + (f" (missed: {', '.join(report['missed'])})" if report["missed"] else ""))
+    lines.append(f"verdict: {_verdict(report)}")
     return "\n".join(lines)
 
 
@@ -435,20 +460,21 @@ def _markdown(report: dict[str, Any]) -> str:
           + ", ".join(f"{k} sha256 `{v['sha256'][:12]}`" for k, v in e["files"].items()),
           f"- teacher: `{t['argument']}` (sha256 `{t['sha256'][:12]}`, {t['device']})",
           f"- {s['n']} samples from seed {s['seed']}, truncation {s['truncation']}, nerfgan {report['nerfgan_version']}",
-          f"- verdict: **{report['verdict'].upper()}**" + (f" (missed: {', '.join(report['missed'])})" if report["missed"] else ""),
+          f"- verdict: {_verdict(report)}",
           "", "| metric | engine | teacher | threshold | result |", "|---|---|---|---|---|"]
-    md += [f"| {' | '.join(r)} |" for r in summary_rows(report)]
+    md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in summary_rows(report)]
     md += ["", "## Per yaw (means)", "", "| yaw | n | PSNR image | SSIM image | PSNR image_raw | SSIM image_raw |",
            "|---|---|---|---|---|---|"]
     md += [f"| {y['yaw']:g} | {y['n']} | {y['psnr_image']:.2f} | {y['ssim_image']:.4f} | {y['psnr_raw']:.2f} | "
            f"{y['ssim_raw']:.4f} |" for y in report["per_yaw"]]
-    md += ["", "PSNR: images clipped to [-1, 1], data range 2, capped at 100 dB. image_raw is compared with the "
-           "teacher's clean rendered colour feature_image[:, :3].", "",
-           f"3D consistency: {len(report['consistency']['pairs'])} view pair(s) (yaw 0 -> yaw -20/+20); "
-           f"{s['consistency_method']}, relative depth tolerance {s['depth_tol']}.", "",
-           f"grid.png: rows = the first samples; columns teacher | engine | |teacher - engine| x {s['diff_gain']:g} "
-           f"(x 127.5 to 0..255; white = a difference of {1 / s['diff_gain']:.2g} or more in [-1, 1] units). "
-           "psnr_vs_yaw.png: per-sample PSNR (dots) and per-yaw means (lines).", ""]
+    gain = s["diff_gain"]
+    md += ["", ("PSNR: images clipped to [-1, 1], data range 2, capped at 100 dB. image_raw is compared with the "
+                "teacher's clean rendered colour feature_image[:, :3]."), "",
+           (f"3D consistency: {len(report['consistency']['pairs'])} view pair(s) (yaw 0 -> yaw -20/+20); "
+            f"{s['consistency_method']}, relative depth tolerance {s['depth_tol']}."), "",
+           (f"grid.png: rows = the first samples; columns teacher | engine | |teacher - engine| x {gain:g} "
+            f"(then x 127.5 to 0..255: white = a difference of {2 / gain:.2g} or more in [-1, 1] units). "
+            "psnr_vs_yaw.png: per-sample PSNR (dots) and per-yaw means (lines)."), ""]
     return "\n".join(md)
 
 
@@ -480,8 +506,10 @@ def plot_psnr_vs_yaw(path: str | os.PathLike[str], report: dict[str, Any], backe
             fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
             for label, key, rgb in series:
                 colour = tuple(v / 255 for v in rgb)
-                ax.plot([r["yaw"] for r in report["samples"]], [r[key] for r in report["samples"]], ".", color=colour, alpha=0.4)
-                ax.plot([y["yaw"] for y in report["per_yaw"]], [y[key] for y in report["per_yaw"]], "-o", color=colour, label=label)
+                ax.plot([r["yaw"] for r in report["samples"]], [r[key] for r in report["samples"]], ".",
+                        color=colour, alpha=0.4)
+                ax.plot([y["yaw"] for y in report["per_yaw"]], [y[key] for y in report["per_yaw"]], "-o",
+                        color=colour, label=label)
             ax.set(xlabel="yaw (degrees)", ylabel="PSNR vs teacher (dB)", title="engine vs teacher: PSNR by yaw")
             ax.grid(alpha=0.3)
             ax.legend()
@@ -552,7 +580,8 @@ def write_report(out: Path, report: dict[str, Any], teacher: dict[str, np.ndarra
 @click.option("--engine", required=True, help="Export folder, student .onnx / .plan, or student .safetensors.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Which student of an export folder (default fp32).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (teacher and engine).")
+@click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True,
+              help="Where to run the teacher (PyTorch) and the engine.")
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Number of (seed, pose) samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed; sample i uses seed S + i // 5.")
 @click.option("--truncation", type=float, default=0.7, show_default=True, help="Truncation psi.")

@@ -1,0 +1,50 @@
+"""nerfgan quickstart end to end at a toy size: every stage's output, reuse on a second run, bad options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from nerfgan.cli import main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
+    out = tmp_path / "qs"
+    code, stdout, err = run(["quickstart", "-o", out, "--minutes", "0.05", "--renders", "8", "--device", "cpu"], capsys)
+    assert code == 0, err
+    for path in ("teacher.safetensors", "renders/index.json", "run/student.safetensors", "calib.npz",
+                 "export/manifest.json", "export/student_int8.onnx", "views.png", "orbit.gif",
+                 "parity/report.json", "parity/report.md", "parity/grid.png", "bench.json"):
+        assert (out / path).is_file(), path
+    assert Image.open(out / "views.png").size == (3 * 128, 4 * 128)
+    assert Image.open(out / "orbit.gif").n_frames == 36
+    report = json.loads((out / "parity" / "report.json").read_text())
+    assert len(report["samples"]) == 15
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["model"] for r in bench["rows"]} >= {"teacher"} and len(bench["rows"]) >= 8
+    assert "nerfgan quickstart: made in" in stdout and "nerfgan-run --engine" in stdout
+    marks = sorted(p.stem for p in (out / ".quickstart").glob("*.json"))
+    assert marks == sorted(["teacher", "renders", "train", "calibrate", "export", "images", "parity", "bench"])
+
+    before = (out / "export" / "student.onnx").stat().st_mtime_ns
+    code, stdout, _ = run(["quickstart", "-o", out, "--minutes", "0.05", "--renders", "8", "--device", "cpu"], capsys)
+    assert code == 0
+    assert stdout.count("done before, reused") == 8
+    assert (out / "export" / "student.onnx").stat().st_mtime_ns == before
+
+
+def test_quickstart_bad_options(tmp_path, capsys):
+    code, _, err = run(["quickstart", "-o", tmp_path / "q", "--minutes", "0"], capsys)
+    assert code == 2 and "--minutes" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(["quickstart", "-o", tmp_path / "file", "--minutes", "0.05"], capsys)
+    assert code == 2 and "file" in err and "Traceback" not in err
