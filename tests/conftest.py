@@ -15,6 +15,16 @@ OFFICIAL_CONFIGS = sorted((FIXTURES / "eg3d").glob("*.json"))
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def real_tensorrt_installed() -> bool:
+    """True when a usable TensorRT is importable (here only its type stubs are, which do not count)."""
+    import importlib
+
+    try:
+        return hasattr(importlib.import_module("tensorrt"), "Builder")
+    except (ImportError, OSError):
+        return False
+
+
 @pytest.fixture(scope="session")
 def reference():
     """The shared upstream fixture, parsed (config, weights, inputs, upstream outputs)."""
@@ -49,3 +59,14 @@ def tiny_calib_path(tmp_path_factory, tiny_student_path):
     from nerfgan.calibrate.calibset import make_calibration_set
 
     return make_calibration_set("tiny", tiny_student_path, 8, tmp_path_factory.mktemp("calib") / "calib.npz", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tmp_path_factory, tiny_student_path, tiny_calib_path):
+    """nerfgan-export of the tiny student: mapping.onnx, student.onnx, student_int8.onnx, manifest.json.
+    Shared by the runtime tests, which only read it."""
+    from nerfgan.export.pipeline import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("export") / "export"
+    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=lambda s: None)
+    return out

@@ -15,7 +15,6 @@ refuses a plan built elsewhere. ``tensorrt`` is imported late, inside the functi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from nerfgan.errors import (
     NerfganError,
     UsageError,
 )
-from nerfgan.io import atomic_path, existing_file
+from nerfgan.io import atomic_path, existing_file, file_sha256
 from nerfgan.runtime.plan import (  # noqa: F401  (re-exported: the builder's public names)
     INSTALL_HINT,
     EngineMismatchError,
@@ -52,12 +51,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(m) for m in re.findall(r"\d+", version)[:2])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_args(spec: ModelSpec, batch: tuple[int, int, int], precision: str, workspace_gib: float,
@@ -135,7 +128,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
 
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
-        onnx_sha256=_sha256(onnx), precision=precision, kind=spec.kind, batch=(batch[0], batch[1], batch[2]),
+        onnx_sha256=file_sha256(onnx), precision=precision, kind=spec.kind, batch=(batch[0], batch[1], batch[2]),
         strongly_typed=strongly_typed, nerfgan_version=nerfgan.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), metadata=metadata)
     plan_file = Path(plan_path)

@@ -12,7 +12,6 @@ and writes one file (no external data below 2 GB).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 import nerfgan
+from nerfgan.io import file_sha256  # noqa: F401  (re-exported)
 from nerfgan.runtime import spec as S
 from nerfgan.student.generator import StudentGenerator
 
@@ -88,14 +88,6 @@ def export_onnx(student: StudentGenerator, kind: str, path: str | os.PathLike[st
                           opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
                           dynamic_axes=axes, do_constant_folding=True)
     return Path(path)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_metadata(student: StudentGenerator, kind: str, precision: str, checkpoint_sha256: str,

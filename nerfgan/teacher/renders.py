@@ -59,7 +59,6 @@ rest; a larger ``n`` extends the set.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -74,7 +73,7 @@ import torch
 
 import nerfgan
 from nerfgan.errors import CheckpointError, ConfigError, InputFileError, UsageError
-from nerfgan.io import atomic_path, existing_file
+from nerfgan.io import atomic_path, existing_file, file_sha256
 from nerfgan.sampling import PoseDistribution, Samples, draw
 from nerfgan.teacher.config import TeacherConfig
 from nerfgan.teacher.generator import EG3D
@@ -102,14 +101,6 @@ def array_specs(config: TeacherConfig) -> dict[str, tuple[str, tuple[int, ...]]]
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.npz"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import sys
 import types
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from conftest import real_tensorrt_installed
 
 import nerfgan
 from nerfgan.errors import (
@@ -190,11 +191,7 @@ def only(folder: Path) -> list[str]:
 # --- TensorRT not installed ------------------------------------------------------------------------
 
 def test_import_tensorrt_real_environment_is_missing() -> None:
-    try:
-        real = hasattr(importlib.import_module("tensorrt"), "Builder")
-    except (ImportError, OSError):
-        real = False
-    if real:
+    if real_tensorrt_installed():
         pytest.skip("a real TensorRT is installed here")
     with pytest.raises(MissingDependencyError, match=r"nerfgan\[tensorrt\]"):
         T.import_tensorrt()

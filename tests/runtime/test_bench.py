@@ -15,12 +15,8 @@ from nerfgan.runtime.bench import PeakMemory, bench_command, figures, parse_batc
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_student_path):
-    from nerfgan.export.pipeline import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("bench") / "export"
-    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
-    return out
+def export_dir(tiny_export_dir):
+    return tiny_export_dir
 
 
 def run(args, capsys):

@@ -19,12 +19,8 @@ RES = 128  # the tiny student's image resolution
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_student_path):
-    from nerfgan.export.pipeline import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("run_cli") / "export"
-    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
-    return out
+def export_dir(tiny_export_dir):
+    return tiny_export_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,8 @@ from nerfgan.errors import InputFileError, PoseError, TensorError, UsageError
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_student_path, tiny_calib_path):
-    from nerfgan.export.pipeline import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("rt") / "export"
-    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=lambda s: None)
-    return out
+def export_dir(tiny_export_dir):
+    return tiny_export_dir
 
 
 @pytest.fixture(scope="module")

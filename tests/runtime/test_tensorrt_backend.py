@@ -5,7 +5,6 @@ TensorRT to do can be checked; the cuda-python buffer path against a fake CUDA r
 from __future__ import annotations
 
 import ctypes
-import importlib
 import json
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import real_tensorrt_installed
 from conftest import cuda
 
 from nerfgan.errors import InputFileError, MissingDependencyError, NerfganError, TensorError, UsageError
@@ -192,11 +193,7 @@ def feeds(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 # --- refusing to open ------------------------------------------------------------------------------
 
 def test_real_environment_lacks_tensorrt(tmp_path: Path) -> None:
-    try:
-        real = hasattr(importlib.import_module("tensorrt"), "Builder")
-    except (ImportError, OSError):
-        real = False
-    if real:
+    if real_tensorrt_installed():
         pytest.skip("a real TensorRT is installed here")
     with pytest.raises(MissingDependencyError, match=r"nerfgan\[tensorrt\]"):
         TB.TensorRTBackend(write_plan(tmp_path))
@@ -426,7 +423,14 @@ def test_cuda_python_memory_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
     mem = TB.device_memory()
     assert isinstance(mem, TB.CudaPythonMemory) and mem.stream == 99
-    a = np.arange(12, dtype=np.float16).reshape(3, 4)
+    round_trip(mem, np.arange(12, dtype=np.float16).reshape(3, 4))
+    mem.close()
+    assert rt.blocks == {}
+    assert rt.calls == [("memcpy", 1, 24), ("memcpy", 2, 24), ("sync", 99), ("destroy", 99)]
+
+
+def round_trip(mem: TB.DeviceMemory, a: np.ndarray) -> None:
+    """Upload, download, compare, free, close."""
     ptr = mem.alloc(a.nbytes)
     mem.upload(ptr, a)
     out = np.zeros_like(a)
@@ -435,9 +439,6 @@ def test_cuda_python_memory_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(out, a)
     mem.free(ptr)
     mem.close()
-    mem.close()
-    assert rt.blocks == {}
-    assert rt.calls == [("memcpy", 1, 24), ("memcpy", 2, 24), ("sync", 99), ("destroy", 99)]
 
 
 def test_cuda_python_errors_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,12 +451,4 @@ def test_cuda_python_errors_are_reported(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_torch_memory_round_trip() -> None:
     mem = TB.device_memory()
     assert isinstance(mem, TB.TorchMemory)
-    a = np.arange(10, dtype=np.float32)
-    ptr = mem.alloc(a.nbytes)
-    mem.upload(ptr, a)
-    out = np.zeros_like(a)
-    mem.download(ptr, out)
-    mem.synchronize()
-    np.testing.assert_array_equal(out, a)
-    mem.free(ptr)
-    mem.close()
+    round_trip(mem, np.arange(10, dtype=np.float32))

@@ -32,12 +32,8 @@ from nerfgan.runtime.parity import (
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_student_path):
-    from nerfgan.export.pipeline import ExportConfig, export
-
-    out = tmp_path_factory.mktemp("parity") / "export"
-    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
-    return out
+def export_dir(tiny_export_dir):
+    return tiny_export_dir
 
 
 @pytest.fixture(scope="module")
