@@ -280,9 +280,11 @@ def _batch_triple(text: str) -> tuple[int, int, int]:
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors.")
 @click.option("--n", "n", type=click.IntRange(1), default=256, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CALIB.npz to write.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples (training pose distribution).")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the samples (training pose distribution). Training draws seed 0 by default: another "
+                   "seed keeps the INT8 gate on samples the student never saw.")
 @click.option("--renders", type=click.Path(file_okay=False), default=None,
-              help="Take the first N samples of this teacher render set instead of rendering.")
+              help="Take the first N samples of this teacher render set instead of rendering (its seed).")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Samples per teacher call.")
 def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int) -> None:
     """Store the student's ONNX inputs and the teacher's renders for N samples (INT8 calibration and its gate)."""

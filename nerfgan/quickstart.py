@@ -6,7 +6,7 @@ its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed 
     teacher     DIR/teacher.safetensors      the tiny EG3D, built from the weights shipped in the package
     renders     DIR/renders/                 the teacher rendered once for --renders samples (resumable)
     train       DIR/run/student.safetensors  a student distilled for --minutes (resumes a killed run)
-    calibrate   DIR/calib.npz                32 samples of the render set (fewer if it is smaller): INT8 calibration and its gate
+    calibrate   DIR/calib.npz                32 held-out teacher renders (at most --renders): INT8 calibration and its gate
     export      DIR/export/                  mapping.onnx, student.onnx, student_int8.onnx, manifest.json
     images      DIR/views.png, DIR/orbit.gif four seeds at three yaws, and a camera orbit, via nerfgan.runtime
     parity      DIR/parity/                  teacher vs the ONNX student: PSNR, SSIM, 3D consistency
@@ -96,9 +96,10 @@ class Quickstart:
     def calibrate(self) -> dict[str, Any]:
         from nerfgan.calibrate.calibset import make_calibration_set
 
+        # 32 fresh teacher renders (seed 1; the render set the student trained on is seed 0), so the INT8
+        # gate judges the quantized student on samples it never saw
         make_calibration_set(self.out / "teacher.safetensors", self.out / "run" / "student.safetensors",
-                             min(32, self.n_renders),
-                             self.out / "calib.npz", renders=self.out / "renders")
+                             min(32, self.n_renders), self.out / "calib.npz", seed=1, progress=True)
         return {}
 
     def export(self) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Pa
 
 
 def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str | os.PathLike[str], n: int,
-                         out: str | os.PathLike[str], seed: int = 0, renders: str | os.PathLike[str] | None = None,
+                         out: str | os.PathLike[str], seed: int = 1, renders: str | os.PathLike[str] | None = None,
                          batch_size: int = 4, progress: bool = False) -> Path:
     import torch
 

@@ -135,7 +135,10 @@ def torch_runner(module: torch.nn.Module, spec: S.ModelSpec, name: str = "pytorc
 
 def onnx_runner(path: str | os.PathLike[str], name: str | None = None) -> Any:
     _polygraphy()
+    import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    ort.set_default_logger_severity(3)  # ORT's notes on what it could not constant-fold are not ours to print
 
     return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=name or os.path.basename(path))
 
