@@ -363,6 +363,10 @@ def run_standalone(command: click.Command, name: str, argv: Sequence[str] | None
         rv = command.main(args=list(argv) if argv is not None else None, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # click's own option checks: one line too, with where to look
+        where = f"{e.ctx.command_path} --help" if e.ctx is not None else f"{name} --help"
+        click.echo(f"Error: {e.format_message()} (see {where})", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -378,6 +382,13 @@ def run_standalone(command: click.Command, name: str, argv: Sequence[str] | None
 def export_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``nerfgan-export``."""
     run_standalone(export_cli, "nerfgan-export", argv)
+
+
+def run_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``nerfgan-run`` (nerfgan.runtime.run_cli; loads no torch for ONNX files and plans)."""
+    from nerfgan.runtime.run_cli import run
+
+    run_standalone(run, "nerfgan-run", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -74,3 +74,26 @@ def test_console_script_is_installed():
         pytest.skip("nerfgan-export is not on PATH (package not installed with pip)")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "--fp16" in r.stdout and "--calib" in r.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--ckpt", "{tmp}/missing.safetensors", "-o", "{tmp}/c.npz"], 1, "missing.safetensors: student checkpoint not found"),
+    (["--ckpt", "{student}", "-o", "{tmp}/c.bin"], 2, "c.bin: the calibration file must end in .npz"),
+    (["--ckpt", "{student}", "-o", "{tmp}/c.npz", "--renders", "{tmp}/nowhere"], 1, "render set directory not found"),
+    (["--ckpt", "{student}", "-o", "{tmp}/c.npz", "--n", "0"], 2, "--n"),
+    (["--ckpt", "{student}", "-o", "{tmp}/c.npz", "--teacher", "{tmp}/t.safetensors"], 1, "t.safetensors"),
+])
+def test_calibrate_mistakes_print_one_line(tmp_path, tiny_student_path, capsys, args, code, message):
+    args = [a.format(tmp=tmp_path, student=tiny_student_path) for a in args]
+    got, _, err = run(main, ["calibrate", *args], capsys)
+    assert got == code and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error")
+    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob("*.bin"))
+
+
+def test_nerfgan_run_console_script_is_installed():
+    exe = shutil.which("nerfgan-run")
+    if exe is None:
+        pytest.skip("nerfgan-run is not on PATH (package not installed with pip)")
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "--engine" in r.stdout and "--orbit" in r.stdout
