@@ -70,3 +70,17 @@ def tiny_export_dir(tmp_path_factory, tiny_student_path, tiny_calib_path):
     out = tmp_path_factory.mktemp("export") / "export"
     export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=lambda s: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_export_dir):
+    return tiny_export_dir
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_export_dir):
+    """A Generator over the shared tiny export (ONNX Runtime, CPU)."""
+    import nerfgan.runtime as nr
+
+    with nr.load(tiny_export_dir, device="cpu") as g:
+        yield g

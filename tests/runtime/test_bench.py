@@ -14,11 +14,6 @@ from nerfgan.runtime.backends import OnnxBackend
 from nerfgan.runtime.bench import PeakMemory, bench_command, figures, parse_batches
 
 
-@pytest.fixture(scope="module")
-def export_dir(tiny_export_dir):
-    return tiny_export_dir
-
-
 def run(args, capsys):
     with pytest.raises(SystemExit) as e:
         run_standalone(bench_command, "nerfgan bench", [str(a) for a in args])

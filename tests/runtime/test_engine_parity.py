@@ -32,11 +32,6 @@ from nerfgan.runtime.parity import (
 
 
 @pytest.fixture(scope="module")
-def export_dir(tiny_export_dir):
-    return tiny_export_dir
-
-
-@pytest.fixture(scope="module")
 def views(tiny_teacher):
     """The tiny teacher's views of seed 0 at yaw 0, -20 and +20 (parity's first three samples)."""
     return render_teacher(tiny_teacher, plan_samples(3, 0), truncation=0.7)

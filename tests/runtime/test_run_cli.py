@@ -11,22 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import nerfgan.runtime as nr
 from nerfgan.runtime import run_cli
 from nerfgan.runtime.run_cli import main
 
 RES = 128  # the tiny student's image resolution
-
-
-@pytest.fixture(scope="module")
-def export_dir(tiny_export_dir):
-    return tiny_export_dir
-
-
-@pytest.fixture(scope="module")
-def gen(export_dir):
-    with nr.load(export_dir, device="cpu") as g:
-        yield g
 
 
 def run(args, capsys):

@@ -13,17 +13,6 @@ import nerfgan.runtime as nr
 from nerfgan.errors import InputFileError, PoseError, TensorError, UsageError
 
 
-@pytest.fixture(scope="module")
-def export_dir(tiny_export_dir):
-    return tiny_export_dir
-
-
-@pytest.fixture(scope="module")
-def gen(export_dir):
-    with nr.load(export_dir, device="cpu") as g:
-        yield g
-
-
 def test_render_contract(gen):
     images = gen.render(seeds=[0, 1, 2], yaw=[-20, 0, 20], pitch=5)
     assert images.shape == (3, 128, 128, 3) and images.dtype == np.uint8
