@@ -37,7 +37,14 @@ class Quickstart:
 
     # --- stage bookkeeping ------------------------------------------------------------------------
     def _settings(self, stage: str) -> dict[str, Any]:
-        return {"stage": stage, "minutes": self.minutes, "renders": self.n_renders}
+        """What a stage's result depends on: its own option and those of the stages before it."""
+        k = STAGES.index(stage)
+        settings: dict[str, Any] = {"stage": stage}
+        if k >= STAGES.index("renders"):
+            settings["renders"] = self.n_renders
+        if k >= STAGES.index("train"):
+            settings["minutes"] = self.minutes
+        return settings
 
     def done(self, stage: str) -> bool:
         mark = self.marks / f"{stage}.json"

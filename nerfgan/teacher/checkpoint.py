@@ -7,6 +7,7 @@ are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,7 +59,26 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=dict(meta or {}))
+        _sort_metadata(tmp)
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """safetensors writes the metadata in hash-map order, different in every process; sort it in place so
+    the same tensors and metadata always give the same bytes (files are identified by their sha256)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        text = raw.decode("utf-8").rstrip(" ")
+        header = json.loads(text)
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canon = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(canon) != len(text.encode("utf-8")):  # a formatting difference: leave the file as written
+            return
+        f.seek(8)
+        f.write(canon + b" " * (n - len(canon)))
 
 
 def read_safetensors(

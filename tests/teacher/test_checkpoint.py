@@ -121,3 +121,19 @@ def test_builtin_name_does_not_shadow_an_existing_file(tmp_path, monkeypatch):
     (tmp_path / "tiny").write_text("not a teacher")
     with pytest.raises(CheckpointError, match="tiny"):
         load_teacher("tiny")
+
+
+def test_the_same_teacher_file_has_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes metadata in hash-map order; write_safetensors sorts it (files are known by sha256)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys; from nerfgan.teacher.checkpoint import load_teacher, save_teacher; "
+            "save_teacher(load_teacher('tiny'), sys.argv[1], {'source': 'a', 'zeta': 'b', 'alpha': 'c'})")
+    digests = set()
+    for i in range(3):
+        path = tmp_path / f"t{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
