@@ -48,7 +48,7 @@ def run_config(name: str, student_path: str | None, batches: list[int], calib_n:
     from nerfgan.calibrate.calibset import load_calibration_set, make_calibration_set
     from nerfgan.export.pipeline import ExportConfig, export
     from nerfgan.export.to_onnx import StudentGraph
-    from nerfgan.export.validate import psnr
+    from nerfgan.metrics import psnr
     from nerfgan.student.checkpoint import load_student, save_student
     from nerfgan.student.config import student_preset
     from nerfgan.student.generator import StudentGenerator

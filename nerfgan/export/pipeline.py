@@ -181,6 +181,7 @@ def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, log: Callab
 def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
     from nerfgan.calibrate.int8 import quantize
     from nerfgan.export import validate as V
+    from nerfgan.metrics import mean_psnr
     from nerfgan.export.to_onnx import artifact_metadata, file_sha256, graph_for, specs_for, write_metadata
 
     spec = specs_for(student)["student"]
@@ -198,7 +199,7 @@ def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
     fp32 = {k: np.concatenate([r[k] for r in ref]) for k in spec.output_names}
     q = {k: np.concatenate([c[k] for c in cand]) for k in spec.output_names}
     checks = V.check_psnr_drop_vs_teacher(name, fp32, q, calib.teacher_images(), config.int8_max_drop)
-    vs_fp32 = {k: float(np.mean(np.minimum(V.psnr(q[k], fp32[k]), 200.0))) for k in spec.output_names}
+    vs_fp32 = {k: mean_psnr(q[k], fp32[k]) for k in spec.output_names}
     a = Artifact(name, "student", "int8", "onnx", checks,
                  {"int8_backend": backend, "excluded_nodes": excluded, "calibration": str(calib.path),
                   "calibration_samples": n, "psnr_db_vs_fp32": vs_fp32})

@@ -9,7 +9,7 @@ Comparator) on random seeds and poses at batch 1 and 3, and judges FP32 with its
     int8  for every output, PSNR(INT8 vs teacher) >= PSNR(FP32 student vs teacher) - int8_max_drop (2 dB),
           on the calibration file's samples and teacher renders
 
-PSNR here is nerfgan's everywhere: images in [-1, 1], data range 2, per sample, averaged (Polygraphy's
+PSNR here is nerfgan's everywhere (nerfgan.metrics): images in [-1, 1], data range 2, per sample, averaged (Polygraphy's
 own PSNR takes the reference's maximum as the peak, which would not match our other figures).
 A miss raises ExportMismatchError listing every output that missed.
 """
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from nerfgan.errors import ExportMismatchError
+from nerfgan.metrics import mean_psnr
 from nerfgan.runtime import spec as S
 
 if TYPE_CHECKING:
@@ -51,14 +52,6 @@ class Check:
     def describe(self) -> str:
         rel = "<=" if self.metric in ("max_abs_error", "psnr_drop_db_vs_teacher") else ">="
         return f"{self.artifact}:{self.output} {self.metric} {self.value:.4g} (needs {rel} {self.threshold:g}){self.detail}"
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> np.ndarray:
-    """Per-sample PSNR (B,) in dB of images in [-1, 1] (both clipped to the range first)."""
-    a = np.clip(a.astype(np.float64), -1, 1)
-    b = np.clip(b.astype(np.float64), -1, 1)
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
-    return np.where(mse > 0, 10 * np.log10(data_range ** 2 / np.maximum(mse, 1e-30)), np.inf)
 
 
 def raise_on_misses(checks: Sequence[Check]) -> None:
@@ -185,8 +178,7 @@ def check_psnr_vs_reference(artifact: str, results: Any, spec: S.ModelSpec, min_
     ref, cand = _outputs(results, 0), _outputs(results, 1)
     checks = []
     for n in spec.output_names:
-        vals = np.concatenate([psnr(c[n], r[n]) for r, c in zip(ref, cand)])
-        value = float(np.mean(np.minimum(vals, 200.0)))  # identical outputs count as 200 dB
+        value = mean_psnr(np.concatenate([c[n] for c in cand]), np.concatenate([r[n] for r in ref]))
         ok = bool(np.all(np.isfinite(np.concatenate([c[n].ravel() for c in cand])))) and value >= min_psnr
         checks.append(Check(artifact, n, "psnr_db_vs_fp32", value, min_psnr, ok))
     return checks
@@ -197,8 +189,7 @@ def check_psnr_drop_vs_teacher(artifact: str, fp32: dict[str, np.ndarray], candi
     """For each output: PSNR(fp32 vs teacher) - PSNR(candidate vs teacher) <= max_drop (means over samples)."""
     checks = []
     for n in teacher:
-        p32 = float(np.mean(np.minimum(psnr(fp32[n], teacher[n]), 200.0)))
-        pq = float(np.mean(np.minimum(psnr(candidate[n], teacher[n]), 200.0)))
+        p32, pq = mean_psnr(fp32[n], teacher[n]), mean_psnr(candidate[n], teacher[n])
         finite = bool(np.all(np.isfinite(candidate[n])))
         drop = p32 - pq if finite else float("inf")
         checks.append(Check(artifact, n, "psnr_drop_db_vs_teacher", drop, max_drop, drop <= max_drop,

@@ -46,6 +46,7 @@ from nerfgan import camera
 from nerfgan.errors import ConfigError, NerfganError, UsageError
 from nerfgan.runtime import DEVICES
 from nerfgan.io import file_sha256
+from nerfgan.metrics import PSNR_CAP_DB, psnr, ssim
 from nerfgan.runtime import spec as S
 from nerfgan.runtime.parity_report import (  # noqa: F401  (re-exported)
     DIFF_GAIN,
@@ -62,7 +63,7 @@ YAWS = (0.0, -20.0, 20.0, -40.0, 40.0)  # degrees, cycled per sample
 PITCHES = (0.0, 8.0, -8.0)  # degrees, cycled per seed
 PAIR_YAWS = (-20.0, 20.0)  # consistency pairs: yaw 0 -> each of these, same seed and pitch
 DEPTH_TOL = 0.03  # occlusion test: |distance - depth of A| <= DEPTH_TOL * distance
-PSNR_CAP = 100.0  # dB stored for identical images (as nerfgan.student.losses.PSNR_CAP_DB)
+PSNR_CAP = PSNR_CAP_DB  # dB stored for identical images
 REPORT_FORMAT = "nerfgan-parity-report"
 
 
@@ -70,50 +71,6 @@ class ParityError(NerfganError):
     """An engine missed a parity threshold; the report is written and the message lists every miss."""
 
     exit_code = 1
-
-
-# --- metrics (numpy) ------------------------------------------------------------------------------
-def _pair(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 4 or a.shape != b.shape:
-        raise ValueError(f"{name}: expected two (B, C, H, W) arrays of one shape, got {a.shape} and {b.shape}")
-    return np.clip(a, -1.0, 1.0), np.clip(b, -1.0, 1.0)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-sample PSNR in dB of images clipped to [-1, 1] (data range 2): (B, C, H, W) x2 -> (B,); inf if equal."""
-    a, b = _pair(a, b, "psnr")
-    mse = np.mean((a - b) ** 2, axis=(1, 2, 3))
-    with np.errstate(divide="ignore"):
-        return np.asarray(10.0 * np.log10(4.0 / mse))
-
-
-def _blur_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    k = len(g)
-    h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
-    y = sum(g[i] * x[..., :, i:i + w] for i in range(k))
-    return np.asarray(sum(g[i] * y[..., i:i + h, :] for i in range(k)))
-
-
-def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Per-sample SSIM of images clipped to [-1, 1]: (B, C, H, W) x2 -> (B,).
-
-    nerfgan.student.losses.ssim in float64 numpy (data range 2, 'valid' positions, the window shrunk
-    to the image when smaller), after the clipping that parity applies to every figure.
-    """
-    a, b = _pair(a, b, "ssim")
-    a, b = a + 1.0, b + 1.0  # [0, 2]: the luminance term is not shift-invariant
-    k = min(window, a.shape[-2], a.shape[-1])
-    x = np.arange(k) - (k - 1) / 2.0
-    g = np.exp(-(x**2) / (2.0 * sigma**2))
-    g /= g.sum()
-    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2
-    mu_a, mu_b = _blur_valid(a, g), _blur_valid(b, g)
-    var_a = _blur_valid(a * a, g) - mu_a**2
-    var_b = _blur_valid(b * b, g) - mu_b**2
-    cov = _blur_valid(a * b, g) - mu_a * mu_b
-    s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return np.asarray(s.mean(axis=(1, 2, 3)))
 
 
 def _cap(x: float) -> float:

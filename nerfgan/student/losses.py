@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from nerfgan.errors import ConfigError
+from nerfgan.metrics import PSNR_CAP_DB  # mean_psnr replaces +inf (identical images) by this value
 
 SSIM_K1 = 0.01  # Wang et al. 2004
 SSIM_K2 = 0.03
-PSNR_CAP_DB = 100.0  # mean_psnr replaces +inf (identical images) by this value
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
