@@ -30,7 +30,7 @@ import numpy as np
 
 import nerfgan
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.io import atomic_path, existing_file
+from nerfgan.io import atomic_path, existing_file, file_sha256
 from nerfgan.sampling import PoseDistribution
 
 FORMAT = "nerfgan-calibration"
@@ -75,7 +75,7 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
 
     from nerfgan.student.checkpoint import load_student
     from nerfgan.teacher.checkpoint import load_teacher, resolve_teacher_path
-    from nerfgan.teacher.renders import RenderSet, file_sha256, render_samples
+    from nerfgan.teacher.renders import RenderSet, render_samples
 
     if n < 1:
         raise UsageError(f"--n: must be at least 1, got {n}")

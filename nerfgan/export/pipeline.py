@@ -30,8 +30,6 @@ from nerfgan.calibrate.int8 import BACKENDS, DEFAULT_EXCLUDE
 from nerfgan.errors import InputFileError, UsageError
 from nerfgan.runtime import spec as S
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "nerfgan-export-manifest"
 
 
 @dataclass(frozen=True)
@@ -88,8 +86,7 @@ class Artifact:
 def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: ExportConfig = ExportConfig(),
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export, validate and install everything ``config`` asks for; returns the manifest."""
-    from nerfgan.export.to_onnx import file_sha256
-    from nerfgan.io import existing_file
+    from nerfgan.io import existing_file, file_sha256
     from nerfgan.student.checkpoint import load_student
 
     ckpt_path = existing_file(ckpt, "student checkpoint")
@@ -127,7 +124,7 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
                 os.replace(stage / name, out / name)
         from nerfgan.io import atomic_path
 
-        with atomic_path(out / MANIFEST) as tmp:
+        with atomic_path(out / S.MANIFEST) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1))
         return manifest
     finally:
@@ -182,7 +179,8 @@ def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
     from nerfgan.calibrate.int8 import quantize
     from nerfgan.export import validate as V
     from nerfgan.metrics import mean_psnr
-    from nerfgan.export.to_onnx import artifact_metadata, file_sha256, graph_for, specs_for, write_metadata
+    from nerfgan.export.to_onnx import artifact_metadata, graph_for, specs_for, write_metadata
+    from nerfgan.io import file_sha256
 
     spec = specs_for(student)["student"]
     name = "student_int8.onnx"
@@ -248,11 +246,12 @@ def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:
 
 
 def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, student: Any, config: ExportConfig) -> dict[str, Any]:
-    from nerfgan.export.to_onnx import file_sha256, specs_for
+    from nerfgan.export.to_onnx import specs_for
+    from nerfgan.io import file_sha256
 
     specs = specs_for(student)
     return {
-        "format": MANIFEST_FORMAT, "nerfgan_version": nerfgan.__version__,
+        "format": S.MANIFEST_FORMAT, "nerfgan_version": nerfgan.__version__,
         "checkpoint": {"path": str(ckpt), "sha256": sha},
         "student_config": json.loads(student.config.to_json()),
         "export_config": json.loads(config.to_json()),
@@ -261,16 +260,3 @@ def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, stud
                        "io": json.loads(specs[a.kind].to_json()),
                        "validation": [c.as_dict() for c in a.checks], **a.extra} for a in artifacts],
     }
-
-
-def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise InputFileError(f"{path}: no export manifest (run nerfgan-export first)")
-    try:
-        m: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputFileError(f"{path}: unreadable manifest ({e})") from None
-    if m.get("format") != MANIFEST_FORMAT:
-        raise InputFileError(f"{path}: not a nerfgan export manifest")
-    return m

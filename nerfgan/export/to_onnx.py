@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 import nerfgan
-from nerfgan.io import file_sha256  # noqa: F401  (re-exported)
 from nerfgan.runtime import spec as S
 from nerfgan.student.generator import StudentGenerator
 

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.runtime.backends import Backend, OnnxBackend, TorchBackend, read_json
+from nerfgan.runtime.backends import Backend, OnnxBackend, TorchBackend
 from nerfgan.runtime.generator import Generator
+from nerfgan.runtime.spec import read_manifest
 
 __all__ = ["Backend", "Generator", "load", "open_backend"]
 
@@ -85,10 +86,7 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
 
 
 def _load_export_dir(d: Path, precision: str | None, device: str, threads: int | None) -> Generator:
-    manifest_path = d / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputFileError(f"{d}: no manifest.json (not an export folder; run nerfgan-export -o {d})")
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(d)
     arts = [a for a in manifest.get("artifacts", []) if isinstance(a, dict)]
     fmt = "tensorrt" if device == "cuda" and any(a.get("format") == "tensorrt" for a in arts) else "onnx"
     prec = precision or "fp32"

@@ -184,11 +184,3 @@ class TorchBackend(Backend):
             out = self._module(*[torch.from_numpy(feeds[n]).to(self._device) for n in self.spec.input_names])
         outs = out if isinstance(out, tuple) else (out,)
         return {n: o.float().cpu().numpy() for n, o in zip(self.spec.output_names, outs)}
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        d: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputFileError(f"{path}: unreadable JSON ({e})") from None
-    return d

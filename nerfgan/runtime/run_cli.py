@@ -31,6 +31,7 @@ from nerfgan.cli import run_standalone
 from nerfgan.errors import InputFileError, PoseError, UsageError
 from nerfgan.io import atomic_path
 from nerfgan.runtime import Generator, load
+from nerfgan.runtime.spec import read_manifest
 
 MAX_SEEDS = 1024
 MAX_FRAMES = 3600
@@ -221,8 +222,7 @@ def check_engine(path: str, precision: str | None) -> None:
     """The cheap checks of nerfgan.runtime.load, for --dry-run and before loading."""
     p = Path(path)
     if p.is_dir():
-        if not (p / "manifest.json").is_file():
-            raise InputFileError(f"{p}: no manifest.json (not an export folder; run nerfgan-export -o {p})")
+        read_manifest(p)
     elif not p.is_file():
         raise InputFileError(f"{p}: not found (expected an export folder, .onnx, .plan or student .safetensors)")
     elif precision is not None:

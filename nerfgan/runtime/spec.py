@@ -18,10 +18,12 @@ Images are RGB, float32, about [-1, 1] (uint8 = clip(round(x * 127.5 + 128), 0, 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from nerfgan.errors import ConfigError
+from nerfgan.errors import ConfigError, InputFileError
 
 BATCH = "B"
 KINDS = ("mapping", "student")
@@ -38,6 +40,8 @@ META_CHECKPOINT = "nerfgan.checkpoint_sha256"  # sha256 of the student checkpoin
 META_IO = "nerfgan.io"  # JSON: this ModelSpec
 META_BATCH = "nerfgan.batch"  # JSON: [min, opt, max] batch the export was declared and validated for
 FORMAT = "nerfgan-export-1"
+MANIFEST = "manifest.json"  # beside the exported files: every artifact, its sha256 and validation figures
+MANIFEST_FORMAT = "nerfgan-export-manifest"
 
 
 @dataclass(frozen=True)
@@ -105,3 +109,18 @@ def student_spec(w_dim: int, resolution: int, img_resolution: int) -> ModelSpec:
         TensorSpec("image_raw", (BATCH, 3, resolution, resolution), "float32",
                    "low-resolution RGB (first 3 channels of the feature image), about [-1, 1]"),
     ))
+
+
+def read_manifest(export_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an export folder; InputFileError naming the folder if it is not one."""
+    d = Path(export_dir)
+    path = d / MANIFEST
+    if not path.is_file():
+        raise InputFileError(f"{d}: no {MANIFEST} (not an export folder; run nerfgan-export -o {d})")
+    try:
+        m: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFileError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise InputFileError(f"{path}: not a nerfgan export manifest")
+    return m

@@ -13,9 +13,11 @@ import torch
 
 from nerfgan.errors import ExportMismatchError
 from nerfgan.export import pipeline
-from nerfgan.export.pipeline import ExportConfig, export, read_manifest
-from nerfgan.export.to_onnx import file_sha256, read_metadata
+from nerfgan.export.pipeline import ExportConfig, export
+from nerfgan.export.to_onnx import read_metadata
+from nerfgan.io import file_sha256
 from nerfgan.runtime import spec as S
+from nerfgan.runtime.spec import read_manifest
 from nerfgan.student.checkpoint import load_student
 from nerfgan.student.config import StudentConfig
 
