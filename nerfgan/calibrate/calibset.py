@@ -73,8 +73,10 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
                          batch_size: int = 4, progress: bool = False) -> Path:
     import torch
 
+    from nerfgan.errors import CheckpointError, ConfigError
     from nerfgan.student.checkpoint import load_student
-    from nerfgan.teacher.checkpoint import load_teacher, resolve_teacher_path
+    from nerfgan.teacher.checkpoint import load_teacher, read_teacher_metadata, resolve_teacher_path
+    from nerfgan.teacher.config import TeacherConfig
     from nerfgan.teacher.renders import RenderSet, render_samples
 
     if n < 1:
@@ -84,13 +86,16 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
     tpath = resolve_teacher_path(teacher_path)
     existing_file(tpath, "teacher checkpoint")
     student = load_student(student_path)
-    teacher = load_teacher(tpath)
-    if student.config.teacher != teacher.config:
+    try:  # the teacher's config from its metadata: its weights are only read when it renders
+        teacher_config = TeacherConfig.from_json(read_teacher_metadata(tpath)["config"], source=str(tpath))
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{tpath}: teacher config unreadable ({e})") from None
+    if student.config.teacher != teacher_config:
         raise UsageError(f"{student_path}: this student was distilled from another teacher config than {tpath}")
     dist = PoseDistribution()
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "nerfgan_version": nerfgan.__version__,
                             "n": int(n), "teacher_sha256": file_sha256(tpath), "student_sha256": file_sha256(student_path),
-                            "teacher_config": json.loads(teacher.config.to_json())}
+                            "teacher_config": json.loads(teacher_config.to_json())}
     if renders is not None:
         rs = RenderSet.open(renders)
         if rs.teacher_sha256 != meta["teacher_sha256"]:
@@ -104,12 +109,13 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
         from nerfgan.sampling import draw
         from tqdm import tqdm  # type: ignore[import-untyped]
 
-        r = teacher.config.rendering
+        teacher = load_teacher(tpath)
+        r = teacher_config.rendering
         parts: list[dict[str, np.ndarray]] = []
         with torch.no_grad(), tqdm(total=n, desc="teacher renders", unit="img", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 s = draw(seed, range(start, min(n, start + batch_size)), dist, r.avg_camera_radius, r.avg_camera_pivot,
-                         teacher.config.z_dim)
+                         teacher_config.z_dim)
                 parts.append(render_samples(teacher, s))
                 bar.update(len(s.index))
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in INPUT_ARRAYS + TARGET_ARRAYS}

@@ -138,16 +138,18 @@ def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: 
 
     specs = specs_for(student)
     artifacts: list[Artifact] = []
+    reference: dict[str, tuple[list[dict[str, Any]], Any]] = {}  # kind -> (feeds, PyTorch outputs on them)
     for kind in ("mapping", "student"):
         name = f"{kind}.onnx"
         export_onnx(student, kind, stage / name, config.opset)
         write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.batch))
         feeds = V.validation_feeds(student, specs[kind], config.validate_batches, config.validate_seed)
-        results = V.run_pair(V.torch_runner(graph_for(student, kind), specs[kind]), V.onnx_runner(stage / name), feeds)
+        reference[kind] = feeds, V.run_reference(V.torch_runner(graph_for(student, kind), specs[kind]), feeds)
+        results = V.run_pair(reference[kind][1], V.onnx_runner(stage / name), feeds)
         artifacts.append(Artifact(name, kind, "fp32", "onnx", V.check_fp32(name, results, specs[kind], config.fp32_atol)))
         _log_checks(artifacts[-1], log)
     if config.fp16:
-        artifacts.append(_fp16(student, sha, stage, config, log))
+        artifacts.append(_fp16(student, sha, stage, config, reference["student"], log))
     if config.int8:
         artifacts.append(_int8(student, sha, stage, config, calib, log))
     if config.trt:
@@ -155,20 +157,22 @@ def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: 
     return artifacts
 
 
-def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, log: Callable[[str], None]) -> Artifact:
+def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, reference: tuple[list[dict[str, Any]], Any],
+          log: Callable[[str], None]) -> Artifact:
+    """student_fp16.onnx, judged against the float32 PyTorch outputs ``reference`` = (feeds, results)."""
     import onnx
 
     from nerfgan.calibrate.fp16 import to_fp16
     from nerfgan.export import validate as V
-    from nerfgan.export.to_onnx import artifact_metadata, graph_for, specs_for, write_metadata
+    from nerfgan.export.to_onnx import artifact_metadata, specs_for, write_metadata
 
     spec = specs_for(student)["student"]
     name = "student_fp16.onnx"
     model, kept, total = to_fp16(onnx.load(str(stage / "student.onnx")))
     onnx.save(model, str(stage / name))
     write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.batch))
-    feeds = V.validation_feeds(student, spec, config.validate_batches, config.validate_seed)
-    results = V.run_pair(V.torch_runner(graph_for(student, "student"), spec), V.onnx_runner(stage / name), feeds)
+    feeds, reference_results = reference
+    results = V.run_pair(reference_results, V.onnx_runner(stage / name), feeds)
     a = Artifact(name, "student", "fp16", "onnx", V.check_psnr_vs_reference(name, results, spec, config.fp16_min_psnr),
                  {"nodes_kept_fp32": kept, "nodes": total})
     _log_checks(a, log)
@@ -192,7 +196,8 @@ def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
     inputs = calib.student_inputs()
     n, step = len(calib), 8
     feeds = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
-    results = V.run_pair(V.torch_runner(graph_for(student, "student"), spec), V.onnx_runner(stage / name), feeds)
+    results = V.run_pair(V.run_reference(V.torch_runner(graph_for(student, "student"), spec), feeds),
+                         V.onnx_runner(stage / name), feeds)
     ref, cand = V._outputs(results, 0), V._outputs(results, 1)
     fp32 = {k: np.concatenate([r[k] for r in ref]) for k in spec.output_names}
     q = {k: np.concatenate([c[k] for c in cand]) for k in spec.output_names}

@@ -136,12 +136,23 @@ def onnx_runner(path: str | os.PathLike[str], name: str | None = None) -> Any:
     return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]), name=name or os.path.basename(path))
 
 
-def run_pair(reference: Any, candidate: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Any:
-    """Polygraphy's Comparator runs both runners on every feed; returns its RunResults."""
+def run_reference(reference: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Any:
+    """Polygraphy's Comparator runs the reference runner on every feed, once: several artifacts (the
+    float32 and float16 students) are judged against the same reference outputs."""
     _polygraphy()
     from polygraphy.comparator import Comparator
 
-    return Comparator.run([reference, candidate], data_loader=[OrderedDict(f) for f in feeds])
+    return Comparator.run([reference], data_loader=[OrderedDict(f) for f in feeds])
+
+
+def run_pair(reference_results: Any, candidate: Any, feeds: Sequence[dict[str, np.ndarray]]) -> Any:
+    """The Comparator runs ``candidate`` on the same feeds; returns RunResults [reference, candidate]."""
+    _polygraphy()
+    from polygraphy.comparator import Comparator
+    from polygraphy.comparator.struct import RunResults
+
+    candidate_results = Comparator.run([candidate], data_loader=[OrderedDict(f) for f in feeds])
+    return RunResults(list(reference_results.items()) + list(candidate_results.items()))
 
 
 def _outputs(results: Any, runner_index: int) -> list[dict[str, np.ndarray]]:
