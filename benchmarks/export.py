@@ -31,14 +31,10 @@ import torch
 
 
 def timed(fn, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls after ``warmup`` (nerfgan bench's timing loop)."""
+    from nerfgan.runtime.bench import timed as bench_timed
+
+    return statistics.median(bench_timed(fn, repeats, warmup))
 
 
 def run_config(name: str, student_path: str | None, batches: list[int], calib_n: int, warmup: int, repeats: int,

@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import statistics
 import sys
-import time
 
 
 def _case(config: str, device: str, batch: int, warmup: int, repeats: int, fused: bool, q: "mp.Queue") -> None:
@@ -28,6 +27,7 @@ def _case(config: str, device: str, batch: int, warmup: int, repeats: int, fused
     import torch
 
     from nerfgan import camera
+    from nerfgan.runtime.bench import timed as bench_timed
     from nerfgan.teacher.checkpoint import build_teacher
     from nerfgan.teacher.config import preset
 
@@ -47,16 +47,7 @@ def _case(config: str, device: str, batch: int, warmup: int, repeats: int, fused
             torch.cuda.synchronize()
 
     def timed(fn) -> float:  # type: ignore[no-untyped-def]
-        for _ in range(warmup):
-            fn()
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(bench_timed(fn, repeats, warmup, sync))
 
     with torch.no_grad():
         if device == "cuda":
