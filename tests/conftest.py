@@ -15,6 +15,14 @@ OFFICIAL_CONFIGS = sorted((FIXTURES / "eg3d").glob("*.json"))
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def invoke(entry, args, capsys):
+    """Run a CLI entry point in-process -> (exit code, stdout, stderr); arguments are str()-ed."""
+    with pytest.raises(SystemExit) as e:
+        entry([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
 def real_tensorrt_installed() -> bool:
     """True when a usable TensorRT is importable (here only its type stubs are, which do not count)."""
     import importlib

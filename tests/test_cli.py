@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REFERENCE_NPZ, UPSTREAM_PKL
+from conftest import REFERENCE_NPZ, UPSTREAM_PKL, invoke
 from nerfgan.cli import main
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(main, args, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
+
+from conftest import invoke
 
 from nerfgan.cli import main
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(main, args, capsys)
 
 
 def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):

@@ -8,21 +8,16 @@ import subprocess
 
 import pytest
 
+from conftest import invoke
+
 from nerfgan.cli import export_main, main
 
 
-def run(entry, args, capsys):
-    with pytest.raises(SystemExit) as e:
-        entry([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
 def test_calibrate_then_export_fp32_fp16_int8_and_triton(tmp_path, tiny_student_path, capsys):
-    code, out, err = run(main, ["calibrate", "--ckpt", tiny_student_path, "--n", 4, "-o", tmp_path / "calib.npz"], capsys)
+    code, out, err = invoke(main, ["calibrate", "--ckpt", tiny_student_path, "--n", 4, "-o", tmp_path / "calib.npz"], capsys)
     assert code == 0, err
     assert "wrote" in out and (tmp_path / "calib.npz").is_file()
-    code, out, err = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--int8",
+    code, out, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--int8",
                                        "--calib", tmp_path / "calib.npz", "--triton", tmp_path / "repo",
                                        "--batch", "1,2,8"], capsys)
     assert code == 0, err
@@ -35,7 +30,7 @@ def test_calibrate_then_export_fp32_fp16_int8_and_triton(tmp_path, tiny_student_
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path, tiny_student_path, capsys):
-    code, out, _ = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--batch", "8",
+    code, out, _ = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--batch", "8",
                                      "--int8-exclude", "*/torgb/*", "--dry-run"], capsys)
     assert code == 0
     cfg = json.loads(out)["export"]
@@ -54,26 +49,28 @@ def test_dry_run_prints_the_resolved_config(tmp_path, tiny_student_path, capsys)
 ])
 def test_mistakes_print_one_line(tmp_path, tiny_student_path, capsys, monkeypatch, args, code, message):
     monkeypatch.chdir(tmp_path)
-    got, out, err = run(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", *args], capsys)
+    got, out, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", *args], capsys)
     assert got == code
     assert message in err and err.startswith("Error") and "Traceback" not in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_missing_or_wrong_checkpoint(tmp_path, capsys):
-    code, _, err = run(export_main, ["--ckpt", tmp_path / "nope.safetensors", "-o", tmp_path / "out"], capsys)
+    code, _, err = invoke(export_main, ["--ckpt", tmp_path / "nope.safetensors", "-o", tmp_path / "out"], capsys)
     assert code == 1 and "nope.safetensors: student checkpoint not found" in err
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
-    code, _, err = run(export_main, ["--ckpt", tmp_path / "bad.safetensors", "-o", tmp_path / "out"], capsys)
+    code, _, err = invoke(export_main, ["--ckpt", tmp_path / "bad.safetensors", "-o", tmp_path / "out"], capsys)
     assert code == 1 and "bad.safetensors" in err and "Traceback" not in err
 
 
-def test_console_script_is_installed():
-    exe = shutil.which("nerfgan-export")
+@pytest.mark.parametrize("script, options", [("nerfgan-export", ("--fp16", "--calib")),
+                                             ("nerfgan-run", ("--engine", "--orbit"))])
+def test_console_script_is_installed(script, options):
+    exe = shutil.which(script)
     if exe is None:
-        pytest.skip("nerfgan-export is not on PATH (package not installed with pip)")
+        pytest.skip(f"{script} is not on PATH (package not installed with pip)")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
-    assert r.returncode == 0 and "--fp16" in r.stdout and "--calib" in r.stdout
+    assert r.returncode == 0 and all(o in r.stdout for o in options)
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -85,15 +82,7 @@ def test_console_script_is_installed():
 ])
 def test_calibrate_mistakes_print_one_line(tmp_path, tiny_student_path, capsys, args, code, message):
     args = [a.format(tmp=tmp_path, student=tiny_student_path) for a in args]
-    got, _, err = run(main, ["calibrate", *args], capsys)
+    got, _, err = invoke(main, ["calibrate", *args], capsys)
     assert got == code and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith("Error")
     assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob("*.bin"))
-
-
-def test_nerfgan_run_console_script_is_installed():
-    exe = shutil.which("nerfgan-run")
-    if exe is None:
-        pytest.skip("nerfgan-run is not on PATH (package not installed with pip)")
-    r = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
-    assert r.returncode == 0 and "--engine" in r.stdout and "--orbit" in r.stdout

@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from conftest import invoke
+
 from nerfgan.cli import run_standalone
 from nerfgan.errors import UsageError
 from nerfgan.runtime.backends import OnnxBackend
@@ -15,10 +17,7 @@ from nerfgan.runtime.bench import PeakMemory, bench_command, figures, parse_batc
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_standalone(bench_command, "nerfgan bench", [str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(lambda argv: run_standalone(bench_command, "nerfgan bench", argv), args, capsys)
 
 
 def test_bench_teacher_and_engines(export_dir, tmp_path, capsys, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import invoke
 from nerfgan import camera
 from nerfgan.cli import run_standalone
 from nerfgan.runtime.parity import (
@@ -38,10 +39,7 @@ def views(tiny_teacher):
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_standalone(parity_command, "nerfgan parity", [str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(lambda argv: run_standalone(parity_command, "nerfgan parity", argv), args, capsys)
 
 
 # --- metrics ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import invoke
 from nerfgan.runtime import run_cli
 from nerfgan.runtime.run_cli import main
 
@@ -18,10 +19,7 @@ RES = 128  # the tiny student's image resolution
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(main, args, capsys)
 
 
 def pixels(path):

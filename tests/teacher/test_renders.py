@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import invoke
 from nerfgan.cli import main
 from nerfgan.errors import InputFileError, NerfganError, UsageError
 from nerfgan.sampling import PoseDistribution
@@ -191,10 +192,7 @@ def test_bad_options(tmp_path):
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return invoke(main, args, capsys)
 
 
 def test_cli(tmp_path, capsys):
