@@ -43,6 +43,9 @@ def _register_runtime_commands() -> None:
 
     cli.add_command(parity_command)
     cli.add_command(bench_command)
+    from nerfgan.scenes.commands import scene
+
+    cli.add_command(scene)
 
 
 _register_runtime_commands()
@@ -106,7 +109,7 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
 
 @teacher.command("render")
 @click.option("--ckpt", default="tiny", show_default=True,
-              help="TEACHER.safetensors, or the name of a built-in teacher ('tiny': the shared fixture's generator).")
+              help="TEACHER.safetensors, or the name of a built-in teacher ('tiny': EG3D fitted to nerfgan's scene family).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view; +yaw moves the camera to the subject's "
@@ -254,7 +257,7 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
 @click.option("--force", is_flag=True, help="Redo every stage instead of reusing finished ones.")
 @DEVICE
 def quickstart(out_dir: str, minutes: float, n_renders: int, force: bool, device: str) -> None:
-    """The whole pipeline on the built-in tiny teacher: distil, export, render, check parity, benchmark."""
+    """The whole pipeline on the built-in teacher: distil, export, render, check parity and ground truth, benchmark."""
     from nerfgan.quickstart import Quickstart
 
     q = Quickstart(out_dir, minutes, n_renders, force, _device(device))

@@ -38,6 +38,7 @@ class TeacherOutput:
     image_depth: torch.Tensor  # (B, 1, R, R) expected depth along each ray (world units)
     feature_image: torch.Tensor  # (B, 32, R, R) volume-rendered features; [:, :3] is the clean RGB
     planes: torch.Tensor | None = None  # (B, 96, 256, 256) when requested
+    image_mask: torch.Tensor | None = None  # (B, 1, R, R) accumulated opacity of each ray (render_planes sets it)
 
 
 class EG3D(nn.Module):
@@ -101,13 +102,15 @@ class EG3D(nn.Module):
         def field(points: torch.Tensor, _dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self.decoder(sample_planes(planes5, points, cfg.rendering.box_warp))
 
-        features, depth, _ = render_rays(field, origins, dirs, cfg.rendering, mode=render_mode)
+        features, depth, opacity = render_rays(field, origins, dirs, cfg.rendering, mode=render_mode)
         feature_image = features.permute(0, 2, 1).reshape(B, PLANE_CHANNELS, R, R).contiguous()
         image_depth = depth.permute(0, 2, 1).reshape(B, 1, R, R)
         rgb = feature_image[:, :3]
         image, rgb0 = self.superresolution(rgb, feature_image, ws, fused=fused)
         image_raw = rgb0 if self.raw_quirk(R) else rgb
-        return TeacherOutput(image=image, image_raw=image_raw, image_depth=image_depth, feature_image=feature_image)
+        image_mask = opacity.permute(0, 2, 1).reshape(B, 1, R, R)
+        return TeacherOutput(image=image, image_raw=image_raw, image_depth=image_depth, feature_image=feature_image,
+                             image_mask=image_mask)
 
     def raw_quirk(self, R: int) -> bool:
         """True when upstream's returned image_raw includes the SR block0 output (in-place add).

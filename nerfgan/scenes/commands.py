@@ -1,0 +1,141 @@
+"""``nerfgan scene``: render the analytic family, write data sets, fit the built-in teacher, score against it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from nerfgan.errors import UsageError
+
+
+@click.group()
+def scene() -> None:
+    """The analytic scene family: exact ground truth for the built-in teacher and every figure made on it."""
+
+
+@scene.command("render")
+@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as `teacher render`).")
+@click.option("--pose", "pose_text", default="0,0", show_default=True,
+              help="YAW,PITCH[,RADIUS]: degrees from the frontal view (+yaw: camera toward the object's left).")
+@click.option("--truncation", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+              help="Truncation psi (the same object as `teacher render` with the same value).")
+@click.option("--fov", type=click.FloatRange(1.0, 120.0), default=None,
+              help="Diagonal field of view in degrees (default: focal 4.2647, about 18.8 degrees).")
+@click.option("--res", "resolution", type=click.IntRange(16, 2048), default=128, show_default=True, help="Image side in pixels.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image to write (.png).")
+@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth (.png, near = bright).")
+@click.option("--mask", type=click.Path(dir_okay=False), default=None, help="Also write the mask (.png, opacity).")
+def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None, resolution: int, output: str,
+                 depth: str | None, mask: str | None) -> None:
+    """Render the exact ground truth of one seed from one pose."""
+    import numpy as np
+    import torch
+
+    from nerfgan import camera
+    from nerfgan.io import depth_to_uint8, save_png, to_uint8
+    from nerfgan.sampling import z_from_seed
+    from nerfgan.scenes.family import SceneFamily
+    from nerfgan.scenes.render import render
+
+    yaw, pitch, radius = camera.parse_pose(pose_text)
+    for path in [output, depth, mask]:
+        if path and not path.lower().endswith(".png"):
+            raise UsageError(f"{path}: output must be a .png file")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed: must lie in [0, 2**32), got {seed}")
+    focal = camera.DEFAULT_FOCAL if fov is None else camera.fov_to_focal(fov)
+    c = camera.pose(yaw, pitch, radius=camera.DEFAULT_RADIUS if radius is None else radius,
+                    pivot=camera.DEFAULT_PIVOT, focal=focal).reshape(1, 25)
+    family = SceneFamily()
+    params = family.params(torch.from_numpy(z_from_seed(seed)), truncation)
+    gt = render(family, params, torch.from_numpy(c.astype(np.float32)), resolution)
+    save_png(output, to_uint8(gt.image[0].numpy()))
+    click.echo(f"wrote {output} ({resolution}x{resolution})")
+    if depth:
+        hit = gt.mask[0, 0].numpy() > 0.5
+        d = gt.depth[0, 0].numpy()
+        d = np.where(hit, d, d[hit].max() if hit.any() else d)  # background as the farthest surface
+        save_png(depth, depth_to_uint8(d))
+        click.echo(f"wrote {depth}")
+    if mask:
+        save_png(mask, np.clip(np.rint(gt.mask[0, 0].numpy() * 255), 0, 255).astype(np.uint8))
+        click.echo(f"wrote {mask}")
+
+
+@scene.command("dataset")
+@click.option("--n", "n", type=click.IntRange(1, 1_000_000), required=True, help="Number of images.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Sample set seed (image i is sample i of the training distribution with this seed).")
+@click.option("--res", "resolution", type=click.IntRange(16, 1024), default=128, show_default=True, help="Image side in pixels.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="DATA folder, or DATA.zip; must not exist yet.")
+def scene_dataset(n: int, seed: int, resolution: int, output: str) -> None:
+    """Write N posed images of the family in EG3D's dataset format (images + dataset.json labels)."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from nerfgan.scenes.dataset import write_dataset
+
+    with tqdm(total=n, desc="render data set", unit="img", dynamic_ncols=True) as bar:
+        write_dataset(output, n, seed, resolution, progress=bar.update)
+    click.echo(f"wrote {output}: {n} images, {resolution}x{resolution}, labels in dataset.json")
+
+
+@scene.command("fit")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="FIT_DIR: state, log and the fitted teacher.safetensors (resumed when it holds the same fit).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the weights and of every step.")
+@click.option("--field-steps", type=click.IntRange(1), default=2000, show_default=True, help="Steps of the field phase.")
+@click.option("--sr-samples", type=click.IntRange(8), default=160, show_default=True,
+              help="Posed objects rendered once for the super-resolution phase.")
+@click.option("--sr-steps", type=click.IntRange(0), default=800, show_default=True, help="Steps of the super-resolution phase.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and fit nothing.")
+def scene_fit(output: str, seed: int, field_steps: int, sr_samples: int, sr_steps: int, dry_run: bool) -> None:
+    """Fit the tiny EG3D to the family by regression (the built-in `tiny` teacher; about an hour on 2 cores)."""
+    from nerfgan.scenes.family import SceneConfig
+    from nerfgan.scenes.fit import FitConfig, fit
+
+    cfg = FitConfig(seed=seed, field_steps=field_steps, sr_samples=sr_samples, sr_steps=sr_steps)
+    if dry_run:
+        click.echo(json.dumps({"fit": json.loads(cfg.to_json()), "scene": json.loads(SceneConfig().to_json())}, indent=1))
+        return
+    path = fit(Path(output), cfg, echo=click.echo)
+    click.echo(f"wrote {path}; held-out curve in {Path(output) / 'fit_log.jsonl'}")
+
+
+@scene.command("score")
+@click.option("--teacher", "teacher_path", default="tiny", show_default=True, help="TEACHER.safetensors or a built-in name.")
+@click.option("--engine", default=None, help="Also score an engine (export folder, .onnx or student .safetensors).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="With an export folder: which of its files.")
+@click.option("--n", "n", type=click.IntRange(1, 10_000), default=32, show_default=True, help="Held-out samples.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=12345, show_default=True,
+              help="Sample set seed (fitting and training never use 12345).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
+@click.option("--min-psnr", type=float, default=None, help="Exit 1 if the teacher's image PSNR is below this.")
+@click.option("--min-iou", type=float, default=None, help="Exit 1 if the teacher's mask IoU is below this.")
+def scene_score(teacher_path: str, engine: str | None, precision: str | None, n: int, seed: int, json_path: str | None,
+                min_psnr: float | None, min_iou: float | None) -> None:
+    """Score a teacher (and an engine) against the exact ground truth: PSNR, SSIM, mask IoU, depth error."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from nerfgan.evaluate.scene_score import score, summary
+    from nerfgan.io import atomic_path
+
+    if json_path and not json_path.lower().endswith(".json"):
+        raise UsageError(f"{json_path}: --json must name a .json file")
+    with tqdm(total=n, desc="score", unit="sample", dynamic_ncols=True, leave=False) as bar:
+        report = score(teacher_path, n=n, seed=seed, engine=engine, precision=precision, progress=bar.update)
+    click.echo(summary(report))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
+        click.echo(f"wrote {json_path}")
+    missed = [f"image PSNR {report['psnr_image']:.2f} < {min_psnr}" for _ in [0] if min_psnr is not None
+              and report["psnr_image"] < min_psnr]
+    missed += [f"mask IoU {report['mask_iou']:.3f} < {min_iou}" for _ in [0] if min_iou is not None
+               and report["mask_iou"] < min_iou]
+    if missed:
+        click.echo(f"{teacher_path}: below threshold: {'; '.join(missed)}", err=True)
+        raise click.exceptions.Exit(1)
