@@ -23,6 +23,30 @@ def invoke(entry, args, capsys):
     return e.value.code, out.out, out.err
 
 
+def saturate_int8_scales(monkeypatch, factor: float = 0.1) -> None:
+    """Make nerfgan-export's INT8 step write activation scales ``factor`` times the calibrated ones: a
+    realistic bad quantization (what a wrong calibration range gives) that the INT8 gate must refuse."""
+    import onnx
+    from onnx import numpy_helper
+
+    from nerfgan.calibrate import int8
+
+    real = int8.quantize
+
+    def saturating(fp32_path, out_path, inputs, *args, **kwargs):
+        result = real(fp32_path, out_path, inputs, *args, **kwargs)
+        model = onnx.load(str(out_path))
+        scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        for t in model.graph.initializer:
+            if t.name in scales:
+                a = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array((a * factor).astype(a.dtype), t.name))
+        onnx.save(model, str(out_path))
+        return result
+
+    monkeypatch.setattr(int8, "quantize", saturating)
+
+
 def real_tensorrt_installed() -> bool:
     """True when a usable TensorRT is importable (here only its type stubs are, which do not count)."""
     import importlib
@@ -50,14 +74,23 @@ def tiny_teacher(reference):
 
 
 @pytest.fixture(scope="session")
-def tiny_student_path(tmp_path_factory, tiny_teacher):
-    """A tiny student file (the teacher's mapping and super-resolution, seeded random synthesis)."""
+def builtin_teacher():
+    """The built-in `tiny` teacher shipped in the package (fitted to the scene family), eval mode, CPU.
+    Same architecture as `tiny_teacher`, other weights: what `--teacher tiny` loads."""
+    from nerfgan.teacher.checkpoint import load_teacher
+
+    return load_teacher("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_student_path(tmp_path_factory, builtin_teacher):
+    """A tiny student file of the built-in teacher (its mapping and super-resolution, seeded random synthesis)."""
     from nerfgan.student.checkpoint import save_student
     from nerfgan.student.config import student_preset
     from nerfgan.student.generator import StudentGenerator
 
     torch.manual_seed(0)
-    student = StudentGenerator.from_teacher(student_preset("tiny", tiny_teacher.config), tiny_teacher).eval()
+    student = StudentGenerator.from_teacher(student_preset("tiny", builtin_teacher.config), builtin_teacher).eval()
     return save_student(student, tmp_path_factory.mktemp("student") / "student.safetensors")
 
 

@@ -21,7 +21,7 @@ def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
     assert code == 0, err
     for path in ("teacher.safetensors", "renders/index.json", "run/student.safetensors", "calib.npz",
                  "export/manifest.json", "export/student_int8.onnx", "views.png", "orbit.gif",
-                 "parity/report.json", "parity/report.md", "parity/grid.png", "bench.json"):
+                 "parity/report.json", "parity/report.md", "parity/grid.png", "score.json", "bench.json"):
         assert (out / path).is_file(), path
     assert Image.open(out / "views.png").size == (3 * 128, 4 * 128)
     assert Image.open(out / "orbit.gif").n_frames == 36
@@ -31,12 +31,14 @@ def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
     assert {r["model"] for r in bench["rows"]} >= {"teacher"} and len(bench["rows"]) >= 8
     assert "nerfgan quickstart: made in" in stdout and "nerfgan-run --engine" in stdout
     marks = sorted(p.stem for p in (out / ".quickstart").glob("*.json"))
-    assert marks == sorted(["teacher", "renders", "train", "calibrate", "export", "images", "parity", "bench"])
+    assert marks == sorted(["teacher", "renders", "train", "calibrate", "export", "images", "parity", "score", "bench"])
+    score = json.loads((out / "score.json").read_text())
+    assert score["n"] == 16 and "engine" in score and score["psnr_image"] > score["engine"]["psnr_image"]
 
     before = (out / "export" / "student.onnx").stat().st_mtime_ns
     code, stdout, _ = run(["quickstart", "-o", out, "--minutes", "0.05", "--renders", "8", "--device", "cpu"], capsys)
     assert code == 0
-    assert stdout.count("done before, reused") == 8
+    assert stdout.count("done before, reused") == 9
     assert (out / "export" / "student.onnx").stat().st_mtime_ns == before
 
 

@@ -69,6 +69,8 @@ class FitConfig:
     points: int = 4096  # 3D points per object and step
     rays: int = 256  # 64 px rays per object and step
     lr: float = 2e-3  # Adam, betas (0.9, 0.99)
+    lr_decay_from: float = 0.5  # each phase keeps lr until this fraction of its steps, then decays it linearly
+    lr_final: float = 0.05  # ... to this fraction of lr at the phase's last step
     psi_min: float = 0.3  # truncation of each object ~ U[psi_min, 1] (a quarter of them at exactly 1)
     checkpoint_every: int = 100
     eval_every: int = 250
@@ -272,6 +274,17 @@ def sr_loss(model: EG3D, cache: dict[str, torch.Tensor], cfg: FitConfig, step: i
     return l_img + 0.5 * l_raw, {"image": l_img.item(), "raw": l_raw.item()}
 
 
+def lr_factor(cfg: FitConfig, step: int) -> float:
+    """The learning-rate factor at ``step`` (0-based, counted over both phases): a pure function of the
+    step, so a resumed fit follows the same schedule."""
+    start, n = (0, cfg.field_steps) if step < cfg.field_steps else (cfg.field_steps, cfg.sr_steps)
+    frac = (step - start) / max(n, 1)
+    if frac <= cfg.lr_decay_from:
+        return 1.0
+    t = (frac - cfg.lr_decay_from) / max(1 - cfg.lr_decay_from, 1e-9)
+    return 1.0 + (cfg.lr_final - 1.0) * t
+
+
 def new_teacher(cfg: FitConfig, scene: SceneConfig) -> EG3D:
     """The tiny EG3D with seeded initial weights and the mapping set from the family."""
     torch.manual_seed(cfg.seed)
@@ -327,6 +340,8 @@ def fit(out: Path, cfg: FitConfig, scene: SceneConfig | None = None, echo: Calla
 
     cache: dict[str, torch.Tensor] | None = None
     skipped = 0
+    base_lrs = {id(o): [cfg.lr * (DECODER_LR_MUL if k == 1 else 1.0) for k in range(len(o.param_groups))]
+                for o in (opt_field, opt_sr)}
     bar = tqdm(total=total, initial=step, desc="fit teacher", unit="step", dynamic_ncols=True)
     while step < total:
         t0 = time.perf_counter()
@@ -346,6 +361,8 @@ def fit(out: Path, cfg: FitConfig, scene: SceneConfig | None = None, echo: Calla
                 model.train()
             loss, parts = sr_loss(model, cache, cfg, step)
             opt = opt_sr
+        for group, base in zip(opt.param_groups, base_lrs[id(opt)]):
+            group["lr"] = base * lr_factor(cfg, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], GRAD_CLIP)

@@ -119,9 +119,9 @@ def read_teacher_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return meta
 
 
-# Teachers shipped inside the package, by name. "tiny" is the shared upstream fixture's generator
-# (128px output from 64px rendering, perturbed random weights: a semi-transparent abstract scene,
-# not a trained face), converted from its upstream pickle with `nerfgan teacher import`.
+# Teachers shipped inside the package, by name. "tiny" is EG3D's tiny configuration (the upstream test
+# fixture's: 128px output from 64px rendering) fitted by `nerfgan scene fit` to nerfgan's analytic scene
+# family (nerfgan.scenes): head-like objects with exact ground truth, not faces.
 BUILTIN_TEACHERS = {"tiny": "tiny_teacher.safetensors"}
 
 

@@ -10,7 +10,7 @@ from nerfgan.calibrate.calibset import load_calibration_set, make_calibration_se
 from nerfgan.errors import InputFileError, UsageError
 
 
-def test_contents_match_the_teacher_and_the_student_mapping(tiny_calib_path, tiny_student_path, tiny_teacher):
+def test_contents_match_the_teacher_and_the_student_mapping(tiny_calib_path, tiny_student_path, builtin_teacher):
     from nerfgan.sampling import PoseDistribution, draw
     from nerfgan.student.checkpoint import load_student
 
@@ -18,7 +18,7 @@ def test_contents_match_the_teacher_and_the_student_mapping(tiny_calib_path, tin
     a = cs.arrays
     assert len(cs) == 8 and cs.meta["seed"] == 0 and cs.meta["source"] == "teacher"
     assert a["image"].shape == (8, 3, 128, 128) and a["image_raw"].shape == (8, 3, 64, 64)
-    r = tiny_teacher.config.rendering
+    r = builtin_teacher.config.rendering
     s = draw(0, range(8), PoseDistribution(), r.avg_camera_radius, r.avg_camera_pivot, 512)
     np.testing.assert_array_equal(a["z"], s.z)
     np.testing.assert_array_equal(a["c"], s.c)
@@ -27,8 +27,8 @@ def test_contents_match_the_teacher_and_the_student_mapping(tiny_calib_path, tin
         w = student.teacher_mapping(torch.from_numpy(s.z), torch.from_numpy(s.c_cond), torch.from_numpy(s.psi)).numpy()
     np.testing.assert_allclose(a["w"], w, atol=1e-5)  # the student's frozen mapping is the teacher's
     with torch.no_grad():
-        ws = tiny_teacher.mapping(torch.from_numpy(s.z[:1]), torch.from_numpy(s.c_cond[:1]), float(s.psi[0]), None)
-        out = tiny_teacher.synthesis(ws, torch.from_numpy(s.c[:1]), noise_mode="const")
+        ws = builtin_teacher.mapping(torch.from_numpy(s.z[:1]), torch.from_numpy(s.c_cond[:1]), float(s.psi[0]), None)
+        out = builtin_teacher.synthesis(ws, torch.from_numpy(s.c[:1]), noise_mode="const")
     np.testing.assert_allclose(a["image"][0], out.image[0].numpy(), atol=2e-3)  # float16 storage
 
 

