@@ -15,8 +15,9 @@ both final students against the exact ground truth on the same held-out samples,
 consistency for all three and for the ground truth itself: for --n-views objects, the low-resolution
 colour of the view at yaw 0 is warped into the views at yaw -20 and +20 with the EXACT depth of the
 target view (nerfgan.runtime.parity.warp, occlusion-tested with the exact depth of the source view),
-and PSNR is taken over the pixels the object covers. The ground truth's own figure is the ceiling
-this measure can reach (resampling and the shell's soft edge keep it below 100 dB).
+and PSNR is taken over the pixels the object covers. The ground truth's own figure is what bilinear
+resampling alone costs the exact, sharp images (its stripes); it is NOT a ceiling: a blurrier model
+loses less to resampling and can score above it, so this measure favours blur.
 """
 
 from __future__ import annotations
