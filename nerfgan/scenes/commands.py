@@ -132,10 +132,11 @@ def scene_score(teacher_path: str, engine: str | None, precision: str | None, n:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(report, indent=1))
         click.echo(f"wrote {json_path}")
-    missed = [f"image PSNR {report['psnr_image']:.2f} < {min_psnr}" for _ in [0] if min_psnr is not None
-              and report["psnr_image"] < min_psnr]
-    missed += [f"mask IoU {report['mask_iou']:.3f} < {min_iou}" for _ in [0] if min_iou is not None
-               and report["mask_iou"] < min_iou]
+    missed = []
+    if min_psnr is not None and report["psnr_image"] < min_psnr:
+        missed.append(f"image PSNR {report['psnr_image']:.2f} < {min_psnr}")
+    if min_iou is not None and report["mask_iou"] < min_iou:
+        missed.append(f"mask IoU {report['mask_iou']:.3f} < {min_iou}")
     if missed:
         click.echo(f"{teacher_path}: below threshold: {'; '.join(missed)}", err=True)
         raise click.exceptions.Exit(1)

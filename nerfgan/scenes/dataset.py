@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nerfgan.errors import InputFileError, UsageError
+from nerfgan.io import _umask
 
 MAX_LABELS_BYTES = 256 << 20
 """dataset.json larger than this is refused before it is parsed."""
@@ -95,18 +96,12 @@ def write_dataset(out: str | os.PathLike[str], n: int, seed: int, resolution: in
             os.replace(tmp / "data.zip", dest)
         else:
             (tmp / "dataset.json").write_text(text)
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
             os.rename(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
