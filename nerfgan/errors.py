@@ -24,6 +24,10 @@ class InputFileError(NerfganError):
     """A file given by the user is missing, unreadable, or not of the expected kind."""
 
 
+class OutputError(NerfganError):
+    """An output cannot be written (read-only or missing folder, disk full, a folder nerfgan may not replace)."""
+
+
 class CheckpointError(InputFileError):
     """A checkpoint (upstream pickle or nerfgan safetensors) has the wrong content or structure."""
 

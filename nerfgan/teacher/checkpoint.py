@@ -7,6 +7,7 @@ are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -147,3 +148,15 @@ def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     return build_teacher(config, state, source=str(p)).to(device)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, shapes and float32 values in key order): the same for a teacher however it
+    was loaded (an upstream pickle, its converted safetensors, the built-in file). Student files record their
+    teacher's digest as ``teacher_sha256`` and the tools that compare a student with a teacher check it."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        v = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(v.shape)};".encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
