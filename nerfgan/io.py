@@ -100,7 +100,7 @@ def clean_stale(folder: str | os.PathLike[str], name: str) -> list[Path]:
     Only names nerfgan makes are touched (the TMP_SUFFIX ending and a PID), and only when that PID is not a live
     process of this machine, so another run's temporary in progress is left alone.
     """
-    removed = []
+    removed: list[Path] = []
     prefix = f".{name}."
     try:
         entries = list(os.scandir(folder))
@@ -191,7 +191,7 @@ def claim_dir(path: str | os.PathLike[str], kind: str, option: str, recognise: C
     if not p.is_dir():
         return p
     try:
-        entries = [e for e in os.listdir(p) if not (e.endswith(TMP_SUFFIX) or e == LOCK_FILE)]
+        entries = [e for e in os.listdir(p) if not (e.endswith(TMP_SUFFIX) or _is_lock(e))]
     except OSError as e:
         raise OutputError(f"{option} {p}: cannot read the folder ({e.strerror})") from None
     if not entries:
@@ -227,22 +227,27 @@ def mark_dir(path: str | os.PathLike[str], kind: str) -> None:
 LOCK_FILE = ".nerfgan.lock"
 
 
+def _is_lock(name: str) -> bool:
+    return name.startswith(".nerfgan") and name.endswith(".lock")
+
+
 @contextlib.contextmanager
-def folder_lock(path: str | os.PathLike[str], shared: bool = False, what: str = "folder",
-                wait: bool = True) -> Iterator[None]:
-    """Hold ``path``/LOCK_FILE: exclusive for a writer (exports, training), shared for readers.
+def folder_lock(path: str | os.PathLike[str], shared: bool = False, what: str = "folder", wait: bool = True,
+                name: str = LOCK_FILE, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the lock file ``path``/``name``: exclusive for a writer (installs, training), shared for readers.
 
     Readers of a folder they cannot write, where no lock file exists yet, proceed without one (no nerfgan writer
-    has used the folder). ``wait=False`` raises OutputError at once when another process holds the lock.
+    has used the folder). ``wait=False`` raises OutputError at once when another process holds the lock; with
+    ``wait`` and ``on_wait``, a line is passed to ``on_wait`` before waiting.
     """
-    lock = Path(path) / LOCK_FILE
+    lock = Path(path) / name
     try:
         fd = os.open(lock, (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | _NOFOLLOW, 0o666)
     except FileNotFoundError:
         if shared:
             yield
             return
-        raise
+        raise OutputError(f"{path}: cannot lock the {what} (no such folder)") from None
     except OSError as e:
         if shared and e.errno in (errno.EACCES, errno.EROFS):
             yield
@@ -253,10 +258,14 @@ def folder_lock(path: str | os.PathLike[str], shared: bool = False, what: str = 
 
         flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, flags | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, flags | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"{path}: another nerfgan process is using this {what}; wait for it or use "
-                              "another folder") from None
+            if not wait:
+                raise OutputError(f"{path}: another nerfgan process is using this {what}; wait for it or use "
+                                  "another folder") from None
+            if on_wait is not None:
+                on_wait(f"{path}: another nerfgan process is using this {what}; waiting for it")
+            fcntl.flock(fd, flags)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ import numpy as np
 
 import nerfgan
 from nerfgan.calibrate.int8 import BACKENDS, DEFAULT_EXCLUDE
-from nerfgan.errors import InputFileError, UsageError
+from nerfgan.errors import InputFileError, NerfganError, OutputError, UsageError
+from nerfgan.io import (OWNER_FILE, atomic_dir, atomic_path, check_writable_dir, claim_dir, folder_lock,
+                        mark_dir)
 from nerfgan.runtime import spec as S
 
 
@@ -90,9 +91,7 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
     from nerfgan.student.checkpoint import load_student
 
     ckpt_path = existing_file(ckpt, "student checkpoint")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory (-o takes a directory)")
+    out = check_destinations(ckpt_path, out_dir, config)
     if config.trt:  # fail before any work when TensorRT or the GPU is missing
         from nerfgan.export.tensorrt import gpu_info, import_tensorrt
 
@@ -107,28 +106,108 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
     if calib is not None and calib.meta.get("teacher_config") != json.loads(student.config.teacher.to_json()):
         raise InputFileError(f"{config.calib}: calibrated for another teacher config than {ckpt_path}'s")
     sha = file_sha256(ckpt_path)
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".nerfgan-export-", dir=out))
     try:
-        artifacts = _make_all(student, sha, stage, config, calib, log)
-        misses = [c for a in artifacts for c in a.checks if not c.ok]
-        if misses:
-            from nerfgan.export.validate import raise_on_misses
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"-o {out}: cannot make the folder ({e.strerror})") from None
+    with folder_lock(out, name=EXPORT_LOCK, what="export folder", on_wait=log):
+        claim_dir(out, OWNER_KIND, "-o", _is_export)  # again, now that no other export can be changing it
+        for legacy in out.glob(".nerfgan-export-*"):  # staging folders of versions before the lock (all dead now)
+            if legacy.is_dir() and not legacy.is_symlink():
+                shutil.rmtree(legacy, ignore_errors=True)
+        with atomic_dir(out / "staging") as stage:
+            artifacts = _make_all(student, sha, stage, config, calib, log)
+            misses = [c for a in artifacts for c in a.checks if not c.ok]
+            if misses:
+                from nerfgan.export.validate import raise_on_misses
 
-            raise_on_misses(misses)
-        manifest = _manifest(artifacts, stage, ckpt_path, sha, student, config)
-        if config.triton:
-            _triton(config, stage, artifacts, student, log)
-        for a in artifacts:
-            for name in [a.file] + ([a.file + ".json"] if a.format == "tensorrt" else []):
-                os.replace(stage / name, out / name)
-        from nerfgan.io import atomic_path
-
-        with atomic_path(out / S.MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1))
+                raise_on_misses(misses)
+            manifest = _manifest(artifacts, stage, ckpt_path, sha, student, config)
+            if config.triton:
+                _triton(config, stage, artifacts, student, log)
+            _install(out, stage, artifacts, manifest)
         return manifest
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+
+
+OWNER_KIND = "export"  # nerfgan.io owner-file kind of an export folder
+EXPORT_LOCK = ".nerfgan-export.lock"  # held for a whole export: exports into one folder run one after another
+
+
+def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: ExportConfig) -> Path:
+    """Check, before any work, that -o and --triton may be written and do not overlap the checkpoint or each other."""
+    out = Path(out_dir)
+    claim_dir(out, OWNER_KIND, "-o", _is_export)
+    check_writable_dir(out, "export folder")
+    if config.triton:
+        from nerfgan.export.triton import check_destination
+
+        repo = Path(os.path.abspath(config.triton))
+        here = Path(os.path.abspath(out))
+        if repo == here or here in repo.parents or repo in here.parents:
+            raise UsageError(f"--triton {config.triton}: must be a folder of its own, not -o {out_dir}, inside it "
+                             "or around it")
+        if repo in Path(os.path.abspath(ckpt)).parents:
+            raise UsageError(f"--triton {config.triton}: holds the checkpoint {ckpt}; give a folder of its own")
+        check_destination(repo, overwrite=True)
+        check_writable_dir(repo, "Triton repository")
+    return out
+
+
+def _is_export(folder: Path) -> bool:
+    """A folder from before owner files: it has a nerfgan export manifest."""
+    try:
+        S.read_manifest(folder)
+    except NerfganError:
+        return False
+    return True
+
+
+def _install(out: Path, stage: Path, artifacts: list[Artifact], manifest: dict[str, Any]) -> None:
+    """Rename the staged files into ``out``, manifest.json last, and remove the files the previous manifest listed
+    that this one does not (nothing nerfgan did not list is touched). Readers hold the folder lock shared while they
+    load, so they see the old set or the new one, never a mix; a kill part-way leaves files that do not match the
+    manifest's sha256, which readers refuse by name until the next export completes."""
+    names = [n for a in artifacts for n in [a.file] + ([a.file + ".json"] if a.format == "tensorrt" else [])]
+    old = _listed_files(out)
+    mark_dir(stage, OWNER_KIND)
+    with atomic_path(stage / S.MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    with folder_lock(out, what="export folder"):
+        for name in names:
+            os.replace(stage / name, out / name)
+        os.replace(stage / OWNER_FILE, out / OWNER_FILE)
+        os.replace(stage / S.MANIFEST, out / S.MANIFEST)
+        for name, sha in sorted(old.items()):
+            if name not in names and _unchanged(out / name, sha):
+                (out / name).unlink()
+
+
+def _unchanged(path: Path, sha: str | None) -> bool:
+    """A file the old manifest listed is removed only while it is still what nerfgan wrote (a plain file with the
+    recorded sha256; plan sidecars, listed without one, by being plain files)."""
+    from nerfgan.io import file_sha256
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    return sha is None or file_sha256(path) == sha
+
+
+def _listed_files(out: Path) -> dict[str, str | None]:
+    """Plain file names the folder's current manifest lists -> their recorded sha256 (None for plan sidecars)."""
+    try:
+        manifest = S.read_manifest(out)
+    except NerfganError:
+        return {}
+    files: dict[str, str | None] = {}
+    for a in manifest.get("artifacts", []):
+        name = a.get("file") if isinstance(a, dict) else None
+        sha = a.get("sha256") if isinstance(a, dict) else None
+        if isinstance(name, str) and isinstance(sha, str) and name == Path(name).name \
+                and name not in ("", ".", "..", S.MANIFEST, OWNER_FILE):
+            files[name] = sha
+            if a.get("format") == "tensorrt":
+                files[name + ".json"] = None
+    return files
 
 
 def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,

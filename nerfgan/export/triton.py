@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nerfgan.errors import ConfigError, InputFileError, UsageError
+from nerfgan.io import LOCK_FILE, atomic_dir, claim_dir, mark_dir
 from nerfgan.runtime.spec import BATCH, ModelSpec, TensorSpec
 
 VERSION = 1  # the one model version written
+OWNER_KIND = "triton repository"  # nerfgan.io owner-file kind: what --triton may replace
 BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 TRITON_DTYPES = {  # numpy dtype name -> Triton DataType
@@ -229,26 +230,21 @@ def write_triton_repository(
 
     mapping_file: the mapping ONNX file; student_file: the student ONNX file or TensorRT plan, per
     ``student_backend`` ('onnxruntime' or 'tensorrt'). plan_max_batch: the largest batch of the plan's
-    optimisation profile, if known; a plan must cover max_batch_size. An existing non-empty ``repo_dir``
-    is refused unless ``overwrite``, and then replaced only once the new repository is complete.
+    optimisation profile, if known; a plan must cover max_batch_size. ``repo_dir`` may be missing or empty;
+    with ``overwrite`` it may also hold a repository nerfgan wrote (check_destination), which is replaced only
+    once the new one is complete. A folder holding anything else is refused and left as it is.
     """
     serving = TritonServing(max_batch_size, instance_kind, instance_count, dynamic_batching,
                             tuple(preferred_batch_sizes or ()), max_queue_delay_us)
     _check_backend(student_backend, student_file, max_batch_size, plan_max_batch, instance_kind)
     _check_inputs({"mapping_file": mapping_file, "student_file": student_file})
-    repo = Path(os.path.abspath(repo_dir))  # '.', 'a/..' and trailing slashes name a real directory and parent
-    _check_destination(repo, overwrite)
+    repo = check_destination(repo_dir, overwrite)
     texts = _repository_texts(names, mapping_spec, student_spec, student_backend, serving)
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", suffix=".tmp", dir=repo.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the repository the usual permissions
+    with atomic_dir(repo) as tmp:
         _fill(tmp, texts, {names.mapping: (Path(mapping_file), "model.onnx"),
                            names.student: (Path(student_file), BACKENDS[student_backend][1])}, names.ensemble)
+        mark_dir(tmp, OWNER_KIND)
         _move_into_place(tmp, repo)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return repo
 
 
@@ -276,20 +272,18 @@ def _fill(root: Path, texts: dict[str, str], files: dict[str, tuple[Path, str]],
 
 
 def _move_into_place(tmp: Path, repo: Path) -> None:
-    """Rename the finished ``tmp`` to ``repo``; an existing ``repo`` is set aside first and deleted only after."""
+    """Rename the finished ``tmp`` to ``repo``; an existing ``repo`` (checked to be ours) is set aside first and
+    deleted only after. A kill in between leaves the old one in a ``.NAME.PID.*`` folder the next write removes."""
     if not repo.exists():
         os.replace(tmp, repo)
         return
-    holder = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", suffix=".old", dir=repo.parent))
-    try:
+    with atomic_dir(repo) as holder:
         os.replace(repo, holder / repo.name)
         try:
             os.replace(tmp, repo)
         except BaseException:
             os.replace(holder / repo.name, repo)
             raise
-    finally:
-        shutil.rmtree(holder)
 
 
 def _check_backend(backend: str, student_file: str | os.PathLike[str], max_batch_size: int,
@@ -314,13 +308,32 @@ def _check_inputs(files: dict[str, str | os.PathLike[str]]) -> None:
         raise InputFileError("; ".join(problems))
 
 
-def _check_destination(repo: Path, overwrite: bool) -> None:
+def check_destination(repo_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The absolute repository path, after checking nerfgan may write it (before any work is done).
+
+    Missing or empty: fine. Holding a repository nerfgan wrote (its owner file, or, for repositories from before
+    the owner file, nothing but this module's README.md and model folders): fine with ``overwrite``. Anything
+    else - a user's working folder, an export folder, files nerfgan did not write - is a UsageError.
+    """
+    repo = Path(os.path.abspath(repo_dir))  # '.', 'a/..' and trailing slashes name a real directory and parent
     if repo.parent == repo:
         raise UsageError(f"{repo}: cannot be the model repository (it has no parent to build it in)")
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"{repo}: exists and is not a directory; give a directory for the model repository")
-    if repo.is_dir() and any(repo.iterdir()) and not overwrite:
+
+    def recognise(p: Path) -> bool:  # written before owner files: our README and model folders, nothing else
+        try:
+            with open(p / "README.md", encoding="utf-8", errors="replace") as f:
+                ours = f.read(64).startswith("# nerfgan Triton model repository")
+            models = [e for e in p.iterdir() if e.name != "README.md"]
+            return ours and all(e.is_dir() and not e.is_symlink() and (e / "config.pbtxt").is_file() for e in models)
+        except OSError:
+            return False
+
+    claim_dir(repo, OWNER_KIND, "--triton", recognise)
+    if repo.is_dir() and any(e.name not in (LOCK_FILE,) for e in repo.iterdir()) and not overwrite:
         raise UsageError(f"{repo}: model repository directory exists and is not empty; pass overwrite to replace it")
+    return repo
 
 
 def _check_unique(tensor_names: list[str], model: str) -> None:
@@ -375,9 +388,3 @@ def _quote(text: str) -> str:
 
 def _shape_text(tensor: TensorSpec) -> str:
     return "(" + ", ".join(str(d) for d in tensor.shape) + (",)" if len(tensor.shape) == 1 else ")")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.io import _umask
+from nerfgan.io import atomic_dir, check_writable_dir
+
 
 MAX_LABELS_BYTES = 256 << 20
 """dataset.json larger than this is refused before it is parsed."""
@@ -70,8 +69,8 @@ def write_dataset(out: str | os.PathLike[str], n: int, seed: int, resolution: in
     dest.parent.mkdir(parents=True, exist_ok=True)
     family = SceneFamily()
     labels: list[list[object]] = []
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    check_writable_dir(dest, "data set")
+    with atomic_dir(dest) as tmp:
         zf = zipfile.ZipFile(tmp / "data.zip", "w", compression=zipfile.ZIP_STORED) if as_zip else None
         for start in range(0, n, batch):
             idx = range(start, min(n, start + batch))
@@ -96,11 +95,7 @@ def write_dataset(out: str | os.PathLike[str], n: int, seed: int, resolution: in
             os.replace(tmp / "data.zip", dest)
         else:
             (tmp / "dataset.json").write_text(text)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
             os.rename(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dest
 
 

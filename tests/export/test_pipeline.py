@@ -16,7 +16,7 @@ from nerfgan.errors import ExportMismatchError
 from nerfgan.export import pipeline
 from nerfgan.export.pipeline import ExportConfig, export
 from nerfgan.export.to_onnx import read_metadata
-from nerfgan.io import file_sha256
+from nerfgan.io import file_sha256, mark_dir
 from nerfgan.runtime import spec as S
 from nerfgan.runtime.spec import read_manifest
 from nerfgan.student.checkpoint import load_student
@@ -41,7 +41,8 @@ def exported(tmp_path_factory, tiny_student_path, tiny_calib_path):
 def test_files_manifest_and_metadata(exported, tiny_student_path):
     out, _, manifest = exported
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["manifest.json", "mapping.onnx", "student.onnx", "student_fp16.onnx", "student_int8.onnx"]
+    assert names == [".nerfgan-export.lock", ".nerfgan-owner.json", ".nerfgan.lock", "manifest.json", "mapping.onnx",
+                     "student.onnx", "student_fp16.onnx", "student_int8.onnx"]
     assert read_manifest(out) == manifest
     ckpt_sha = file_sha256(tiny_student_path)
     assert manifest["checkpoint"]["sha256"] == ckpt_sha
@@ -111,7 +112,7 @@ def test_triton_repository_from_export(exported):
 
 # --- each gate fails on a deliberately broken artifact, and nothing final is left ------------------
 def _assert_nothing_installed(out: Path, before: set[str]) -> None:
-    assert {p.name for p in out.iterdir()} == before
+    assert {p.name for p in out.iterdir()} == before | {pipeline.EXPORT_LOCK}  # the lock file stays, as lock files do
 
 
 def test_fp32_gate_fails_on_wrong_weights(tmp_path, tiny_student_path, monkeypatch):
@@ -129,12 +130,13 @@ def test_fp32_gate_fails_on_wrong_weights(tmp_path, tiny_student_path, monkeypat
     monkeypatch.setattr(to_onnx, "export_onnx", broken)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    mark_dir(out, pipeline.OWNER_KIND)  # an export folder nerfgan made earlier ...
+    (out / "keep.txt").write_text("mine")  # ... where the user keeps a file of their own
     with pytest.raises(ExportMismatchError) as e:
         export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
     assert "student.onnx:image max_abs_error" in str(e.value) and "student.onnx:image_raw" in str(e.value)
     assert "mapping.onnx" not in str(e.value)
-    _assert_nothing_installed(out, {"keep.txt"})
+    _assert_nothing_installed(out, {"keep.txt", ".nerfgan-owner.json"})
 
 
 def test_fp16_gate_fails_on_a_damaged_conversion(tmp_path, tiny_student_path, monkeypatch):

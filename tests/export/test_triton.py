@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nerfgan.errors import ConfigError, InputFileError, UsageError
+from nerfgan.errors import ConfigError, InputFileError, OutputError, UsageError
 from nerfgan.export import triton
 from nerfgan.export.triton import (
     TritonNames,
@@ -75,7 +75,8 @@ def leftovers(parent: Path) -> list[str]:
 def test_layout_and_copied_files(tmp_path: Path, inputs: dict[str, Path]) -> None:
     repo = write(tmp_path / "repo", inputs)
     assert repo == tmp_path / "repo"
-    assert sorted(p.name for p in repo.iterdir()) == sorted(["README.md", NAMES.mapping, NAMES.student, NAMES.ensemble])
+    assert sorted(p.name for p in repo.iterdir()) == sorted([".nerfgan-owner.json", "README.md", NAMES.mapping,
+                                                              NAMES.student, NAMES.ensemble])
     assert (repo / NAMES.mapping / "1" / "model.onnx").read_bytes() == inputs["mapping"].read_bytes()
     assert (repo / NAMES.student / "1" / "model.onnx").read_bytes() == inputs["student"].read_bytes()
     assert not (repo / NAMES.student / "1" / "model.plan").exists()
@@ -228,7 +229,7 @@ def test_ensemble_wiring(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> No
 def test_custom_names(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
     names = TritonNames(mapping="m", student="s", ensemble="gen")
     repo = write(tmp_path / "repo", inputs, names=names)
-    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "gen", "m", "s"]
+    assert sorted(p.name for p in repo.iterdir()) == [".nerfgan-owner.json", "README.md", "gen", "m", "s"]
     assert parse(pb, repo / "m" / "config.pbtxt").name == "m"
     ensemble = parse(pb, repo / "gen" / "config.pbtxt")
     assert ensemble.name == "gen"
@@ -330,17 +331,27 @@ def test_serving_is_a_frozen_config() -> None:
 # --- overwriting and atomicity ----------------------------------------------------------------------------------------
 
 
-def existing_repo(path: Path) -> Path:
+def users_folder(path: Path) -> Path:
+    """A folder nerfgan did not write (say, a hand-made model repository)."""
     (path / "old_model" / "1").mkdir(parents=True)
     (path / "old_model" / "config.pbtxt").write_text('name: "old_model"')
     return path
 
 
+OLD_NAMES = TritonNames(mapping="old_m", student="old_s", ensemble="old_e")
+OLD_LISTING = [".nerfgan-owner.json", "README.md", "old_e", "old_m", "old_s"]
+
+
+def existing_repo(path: Path, inputs: dict[str, Path]) -> Path:
+    """A repository an earlier nerfgan run wrote (other model names, so a replacement is visible)."""
+    return write(path, inputs, names=OLD_NAMES)
+
+
 def test_refuses_a_non_empty_directory(tmp_path: Path, inputs: dict[str, Path]) -> None:
-    repo = existing_repo(tmp_path / "repo")
+    repo = existing_repo(tmp_path / "repo", inputs)
     with pytest.raises(UsageError, match=re.escape(f"{repo}: model repository directory exists and is not empty")):
         write(repo, inputs)
-    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    assert sorted(p.name for p in repo.iterdir()) == OLD_LISTING
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match=r"file: exists and is not a directory"):
         write(tmp_path / "file", inputs, overwrite=True)
@@ -365,9 +376,39 @@ def test_current_directory_as_repository(tmp_path: Path, inputs: dict[str, Path]
 
 
 def test_overwrite_replaces(tmp_path: Path, inputs: dict[str, Path]) -> None:
-    repo = write(existing_repo(tmp_path / "repo"), inputs, overwrite=True)
-    assert sorted(p.name for p in repo.iterdir()) == sorted(["README.md", NAMES.mapping, NAMES.student, NAMES.ensemble])
+    repo = write(existing_repo(tmp_path / "repo", inputs), inputs, overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == sorted([".nerfgan-owner.json", "README.md", NAMES.mapping,
+                                                              NAMES.student, NAMES.ensemble])
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("make", ["users_models", "users_files", "cwd_with_checkpoint"])
+def test_overwrite_never_touches_what_nerfgan_did_not_write(tmp_path: Path, inputs: dict[str, Path], make: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    if make == "users_models":
+        users_folder(repo)
+    else:
+        repo.mkdir()
+        (repo / "notes.txt").write_text("keep")
+        if make == "cwd_with_checkpoint":
+            (repo / "student.safetensors").write_bytes(b"weights")
+            monkeypatch.chdir(repo)
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    with pytest.raises(UsageError, match="files nerfgan did not write.*nothing was changed"):
+        write(Path(".") if make == "cwd_with_checkpoint" else repo, inputs, overwrite=True)
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_recognises_a_repository_from_before_owner_files(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    repo = existing_repo(tmp_path / "repo", inputs)
+    (repo / ".nerfgan-owner.json").unlink()
+    write(repo, inputs, overwrite=True)
+    (repo / ".nerfgan-owner.json").unlink()
+    (repo / "mine.txt").write_text("a file of the user's among the models")
+    with pytest.raises(UsageError, match="did not write"):
+        write(repo, inputs, overwrite=True)
 
 
 def boom(*args: Any, **kwargs: Any) -> None:
@@ -376,36 +417,36 @@ def boom(*args: Any, **kwargs: Any) -> None:
 
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "copyfile", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="repo: cannot write .*disk full"):
         write(tmp_path / "repo", inputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no repository, no temporary directory
 
 
 def test_failure_mid_write_keeps_the_old_repository(tmp_path: Path, inputs: dict[str, Path],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = existing_repo(tmp_path / "repo")
+    repo = existing_repo(tmp_path / "repo", inputs)
     monkeypatch.setattr(shutil, "copyfile", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         write(repo, inputs, overwrite=True)
-    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    assert sorted(p.name for p in repo.iterdir()) == OLD_LISTING
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "repo"]
 
 
 def test_failed_swap_restores_the_old_repository(tmp_path: Path, inputs: dict[str, Path],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = existing_repo(tmp_path / "repo")
+    repo = existing_repo(tmp_path / "repo", inputs)
     real_replace = os.replace
     calls: list[str] = []
 
     def replace(src: Any, dst: Any) -> None:
         calls.append(Path(dst).name)
-        if len(calls) == 2:  # the new repository's rename into place
+        if calls.count("repo") == 2:  # the new repository's rename into place
             raise OSError("rename failed")
         real_replace(src, dst)
 
     monkeypatch.setattr(triton.os, "replace", replace)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(OutputError, match="rename failed"):
         write(repo, inputs, overwrite=True)
-    assert len(calls) == 3  # old set aside, new refused, old put back
-    assert sorted(p.name for p in repo.iterdir()) == ["old_model"]
+    assert calls == [".nerfgan-owner.json", "repo", "repo", "repo"]  # owner file, old set aside, new refused, old back
+    assert sorted(p.name for p in repo.iterdir()) == OLD_LISTING
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "repo"]

@@ -11,6 +11,7 @@ import pytest
 from nerfgan import camera
 from nerfgan.cli import main
 from nerfgan.errors import InputFileError, UsageError
+from nerfgan.io import TMP_SUFFIX
 from nerfgan.sampling import PoseDistribution, draw
 from nerfgan.scenes.dataset import open_dataset, write_dataset
 from conftest import invoke
@@ -26,7 +27,7 @@ def test_dataset_reads_back_with_the_training_cameras(tmp_path, name):
     img = ds.image(1)
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     assert img.max() > 100 and (img == 0).all(axis=-1).mean() > 0.2  # an object on a black background
-    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert not any(p.name.endswith(TMP_SUFFIX) for p in tmp_path.iterdir())
 
 
 def test_zip_and_folder_hold_the_same_images(tmp_path):

@@ -1,0 +1,113 @@
+"""nerfgan-export never deletes or overwrites what nerfgan did not write; re-exports replace their own files only;
+exports into one folder run one after another."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke
+from nerfgan.cli import export_main
+from nerfgan.errors import UsageError
+from nerfgan.export.pipeline import EXPORT_LOCK, ExportConfig, export
+from nerfgan.io import folder_lock
+from nerfgan.runtime.spec import read_manifest
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_reported_repro_keeps_the_users_folder(tmp_path, tiny_student_path, capsys, monkeypatch):
+    """mkdir p && cd p && echo keep > notes.txt && cp student.safetensors . && nerfgan-export ... -o export --triton ."""
+    work = tmp_path / "p"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep\n")
+    shutil.copy(tiny_student_path, work / "student.safetensors")
+    before = tree(work)
+    monkeypatch.chdir(work)
+    code, out, err = invoke(export_main, ["--ckpt", "student.safetensors", "-o", "export", "--triton", "."], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "--triton" in err and "Traceback" not in err
+    assert tree(work) == before and sorted(os.listdir(work)) == ["notes.txt", "student.safetensors"]
+
+
+@pytest.mark.parametrize("triton", ["out", "out/repo", "."])
+def test_triton_overlapping_the_export_is_refused_before_any_work(tmp_path, tiny_student_path, triton, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_dir = "." if triton == "." else "out"
+    if triton == ".":
+        triton = "repo/.."  # the export folder itself, spelt another way
+    code, _, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", out_dir, "--triton", triton], capsys)
+    assert code == 2 and "--triton" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_the_users_is_refused_and_untouched(tmp_path, tiny_student_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "student.onnx").write_bytes(b"my own model, not nerfgan's")
+    before = tree(mine)
+    code, _, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", mine], capsys)
+    assert code == 2 and "-o" in err and "did not write" in err and len(err.strip().splitlines()) == 1
+    assert tree(mine) == before
+
+
+def test_reexport_replaces_its_own_files_and_keeps_the_users(tmp_path, tiny_student_path, tiny_calib_path):
+    out = tmp_path / "export"
+    log: list[str] = []
+    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=log.append)
+    assert (out / "student_int8.onnx").is_file()
+    (out / "README.txt").write_text("the user's own notes beside the export")
+    export(tiny_student_path, out, ExportConfig(), log=log.append)  # fewer precisions
+    assert not (out / "student_int8.onnx").exists()  # listed by the old manifest, not by the new one: removed
+    assert (out / "README.txt").read_text() == "the user's own notes beside the export"
+    assert {a["file"] for a in read_manifest(out)["artifacts"]} == {"mapping.onnx", "student.onnx"}
+    assert not [p.name for p in out.iterdir() if p.name.endswith("tmp")]
+
+
+def test_reexport_keeps_a_listed_file_the_user_replaced(tmp_path, tiny_student_path, tiny_calib_path):
+    out = tmp_path / "export"
+    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=lambda s: None)
+    (out / "student_int8.onnx").write_bytes(b"the user's own file under a name nerfgan once used")
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    assert (out / "student_int8.onnx").read_bytes() == b"the user's own file under a name nerfgan once used"
+
+
+def test_an_export_from_before_owner_files_is_recognised(tmp_path, tiny_student_path):
+    out = tmp_path / "export"
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    (out / ".nerfgan-owner.json").unlink()
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)  # its manifest.json says it is ours
+    assert (out / ".nerfgan-owner.json").is_file()  # written again
+    (out / ".nerfgan-owner.json").unlink()
+    (out / "manifest.json").unlink()
+    with pytest.raises(UsageError, match="did not write"):  # mapping.onnx and student.onnx, and nothing says whose
+        export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+
+
+def test_exports_into_one_folder_wait_for_each_other(tmp_path, tiny_student_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    log: list[str] = []
+    waiting = threading.Event()
+    done: list[object] = []
+
+    def record(line: str) -> None:
+        log.append(line)
+        if "waiting" in line:
+            waiting.set()
+
+    with folder_lock(out, name=EXPORT_LOCK):  # another export holds the folder
+        worker = threading.Thread(target=lambda: done.append(export(tiny_student_path, out, ExportConfig(), log=record)))
+        worker.start()
+        assert waiting.wait(60), log
+        assert not (out / "manifest.json").exists()  # nothing written while the other export runs
+    worker.join(300)
+    assert done and (out / "manifest.json").is_file()
+    assert any("another nerfgan process is using this export folder; waiting" in line for line in log)
