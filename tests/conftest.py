@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,14 +88,18 @@ def builtin_teacher():
 
 @pytest.fixture(scope="session")
 def tiny_student_path(tmp_path_factory, builtin_teacher):
-    """A tiny student file of the built-in teacher (its mapping and super-resolution, seeded random synthesis)."""
+    """A tiny student file of the built-in teacher (its mapping and super-resolution, seeded random synthesis),
+    recording that teacher's weights digest as the trainer does."""
     from nerfgan.student.checkpoint import save_student
     from nerfgan.student.config import student_preset
     from nerfgan.student.generator import StudentGenerator
+    from nerfgan.teacher.checkpoint import weights_digest
+    from nerfgan.teacher.identity import TEACHER_KEY
 
     torch.manual_seed(0)
     student = StudentGenerator.from_teacher(student_preset("tiny", builtin_teacher.config), builtin_teacher).eval()
-    return save_student(student, tmp_path_factory.mktemp("student") / "student.safetensors")
+    return save_student(student, tmp_path_factory.mktemp("student") / "student.safetensors",
+                        extra={TEACHER_KEY: weights_digest(builtin_teacher)})
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +133,26 @@ def gen(tiny_export_dir):
 
     with nr.load(tiny_export_dir, device="cpu") as g:
         yield g
+
+
+@contextlib.contextmanager
+def bounded(extra_bytes: int = 256 << 20, seconds: int = 60) -> Iterator[None]:
+    """Cap this process's address space at its current size + ``extra_bytes`` and its time at ``seconds``."""
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + extra_bytes if hard == resource.RLIM_INFINITY else min(hard, size + extra_bytes)
+
+    def timeout(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, previous)
+

@@ -30,8 +30,10 @@ import numpy as np
 
 import nerfgan
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.io import atomic_path, existing_file, file_sha256
+from nerfgan.io import atomic_path, check_writable, existing_file, file_sha256
 from nerfgan.sampling import PoseDistribution
+from nerfgan.teacher import limits
+from nerfgan.teacher.checked_npz import CheckedNpz
 
 FORMAT = "nerfgan-calibration"
 FORMAT_VERSION = 1
@@ -70,7 +72,12 @@ def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Pa
 
 def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str | os.PathLike[str], n: int,
                          out: str | os.PathLike[str], seed: int = 1, renders: str | os.PathLike[str] | None = None,
-                         batch_size: int = 4, progress: bool = False) -> Path:
+                         batch_size: int = 4, progress: bool = False, allow_other_teacher: bool = False) -> Path:
+    """Write CALIB.npz (module docstring) for ``student_path`` from ``teacher_path``'s renders (or a render set's).
+
+    The student must record this teacher (nerfgan.teacher.identity); ``allow_other_teacher`` overrides that, and
+    the file's metadata says so.
+    """
     import torch
 
     from nerfgan.errors import CheckpointError, ConfigError
@@ -92,10 +99,12 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
         raise CheckpointError(f"{tpath}: teacher config unreadable ({e})") from None
     if student.config.teacher != teacher_config:
         raise UsageError(f"{student_path}: this student was distilled from another teacher config than {tpath}")
+    teacher_check = _check_teacher(tpath, teacher_path, student_path, allow_other_teacher)
+    check_writable(out, "calibration file")
     dist = PoseDistribution()
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "nerfgan_version": nerfgan.__version__,
                             "n": int(n), "teacher_sha256": file_sha256(tpath), "student_sha256": file_sha256(student_path),
-                            "teacher_config": json.loads(teacher_config.to_json())}
+                            "teacher_config": json.loads(teacher_config.to_json()), "teacher_check": teacher_check}
     if renders is not None:
         rs = RenderSet.open(renders)
         if rs.teacher_sha256 != meta["teacher_sha256"]:
@@ -126,25 +135,75 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
     return write_npz(out, stored)
 
 
+def _check_teacher(tpath: Path, teacher_arg: str | os.PathLike[str], student_path: str | os.PathLike[str],
+                   allow_other: bool) -> dict[str, Any]:
+    from nerfgan.student.checkpoint import read_student_metadata
+    from nerfgan.teacher.checkpoint import load_teacher, weights_digest
+    from nerfgan.teacher.identity import TEACHER_KEY, check_same_teacher
+
+    meta = read_student_metadata(student_path)
+    teacher = load_teacher(tpath)
+    return check_same_teacher(teacher=str(teacher_arg), teacher_config_json=teacher.config.to_json(),
+                              teacher_digest=weights_digest(teacher), engine=str(student_path),
+                              engine_config_json=meta.get("config"), engine_teacher_digest=meta.get(TEACHER_KEY),
+                              allow_other=allow_other)
+
+
 def load_calibration_set(path: str | os.PathLike[str]) -> CalibrationSet:
+    """Read a calibration set. Bounds before allocation: the metadata (at most MAX_NPZ_META_BYTES) is read
+    first, then every array's .npy header and zip entry are checked (nerfgan.teacher.checked_npz) against the
+    format: ``n`` samples, the widths and resolutions of ARRAY_SHAPES within nerfgan.teacher.limits and equal
+    across arrays. Only then is anything decompressed."""
     p = existing_file(path, "calibration file")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputFileError(f"{p}: not a readable .npz calibration file ({type(e).__name__}: {e})") from None
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except (KeyError, json.JSONDecodeError):
-        raise InputFileError(f"{p}: no calibration metadata (write it with `nerfgan calibrate`)") from None
-    if meta.get("format") != FORMAT:
-        raise InputFileError(f"{p}: not a nerfgan calibration file (format {meta.get('format')!r})")
-    missing = [k for k in INPUT_ARRAYS + TARGET_ARRAYS if k not in arrays]
-    if missing:
-        raise InputFileError(f"{p}: calibration file lacks {', '.join(missing)}")
-    n = len(arrays["index"])
-    bad = [k for k in INPUT_ARRAYS + TARGET_ARRAYS if len(arrays[k]) != n]
-    if bad:
-        raise InputFileError(f"{p}: arrays {', '.join(bad)} do not have {n} samples")
+    with CheckedNpz(p, "calibration file") as z:
+        if "meta" not in z.names:
+            raise InputFileError(f"{p}: no calibration metadata (write it with `nerfgan calibrate`)")
+        try:
+            meta = json.loads(z.read_text("meta", limits.MAX_NPZ_META_BYTES))
+        except (ValueError, RecursionError):
+            raise InputFileError(f"{p}: calibration metadata is not JSON (write it with `nerfgan calibrate`)") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise InputFileError(f"{p}: not a nerfgan calibration file (format {found!r})")
+        missing = [k for k in INPUT_ARRAYS + TARGET_ARRAYS if k not in z.names]
+        if missing:
+            raise InputFileError(f"{p}: calibration file lacks {', '.join(missing)}")
+        n = meta.get("n")
+        if type(n) is not int or n < 1:
+            raise InputFileError(f"{p}: calibration metadata n = {n!r} is not a positive integer")
+        sizes: dict[str, int] = {"n": n}
+        declared = {k: z.declared(k) for k in INPUT_ARRAYS + TARGET_ARRAYS}
+        for k, (shape, dtype) in declared.items():
+            _check_shape(p, k, shape, dtype, sizes)
+        arrays = {k: z.read(k, shape, dtype) for k, (shape, dtype) in declared.items()}
     arrays = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in arrays.items()}
     return CalibrationSet(p, arrays, meta)
+
+
+# Name -> (dtypes, shape): a shape entry is a number, or a named size that must be the same in every array and
+# within its limit (n: the metadata's sample count). make_calibration_set writes the first dtype listed.
+ARRAY_SHAPES: dict[str, tuple[tuple[str, ...], tuple[int | str, ...]]] = {
+    "index": (("int64",), ("n",)), "z": (("float32",), ("n", "z_dim")), "c_cond": (("float32",), ("n", 25)),
+    "psi": (("float32",), ("n",)), "w": (("float32",), ("n", "w_dim")), "c": (("float32",), ("n", 25)),
+    "image": (("float16", "float32"), ("n", 3, "H", "H")), "image_raw": (("float16", "float32"), ("n", 3, "R", "R")),
+}
+_SIZE_LIMITS = {"z_dim": ("MAX_Z_DIM", limits.MAX_Z_DIM), "w_dim": ("MAX_Z_DIM", limits.MAX_Z_DIM),
+                "H": ("MAX_IMAGE_RESOLUTION", limits.MAX_IMAGE_RESOLUTION),
+                "R": ("MAX_NEURAL_RENDERING_RESOLUTION", limits.MAX_NEURAL_RENDERING_RESOLUTION)}
+
+
+def _check_shape(p: Path, name: str, shape: tuple[int, ...], dtype: np.dtype[Any], sizes: dict[str, int]) -> None:
+    dtypes, pattern = ARRAY_SHAPES[name]
+    expected = " x ".join(str(d) for d in pattern)
+    if dtype.name not in dtypes or len(shape) != len(pattern):
+        raise InputFileError(f"{p}: array {name} is {dtype} {shape}, expected {' or '.join(dtypes)} ({expected})")
+    for dim, got in zip(pattern, shape):
+        if isinstance(dim, int) or dim in sizes:
+            want = dim if isinstance(dim, int) else sizes[dim]
+            if got != want:
+                raise InputFileError(f"{p}: array {name} is {shape}, expected ({expected}) with {dim} = {want}")
+            continue
+        limit, high = _SIZE_LIMITS[dim]
+        if not 1 <= got <= high:
+            raise InputFileError(f"{p}: array {name} is {shape}: {dim} = {got} is outside 1..{high} ({limit})")
+        sizes[dim] = got

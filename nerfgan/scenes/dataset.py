@@ -25,10 +25,14 @@ import numpy as np
 
 from nerfgan.errors import InputFileError, UsageError
 from nerfgan.io import atomic_dir, check_writable_dir
+from nerfgan.teacher import limits
 
 
 MAX_LABELS_BYTES = 256 << 20
 """dataset.json larger than this is refused before it is parsed."""
+
+MAX_IMAGE_FILE_BYTES = 64 << 20
+"""An image file of a data set larger than this is refused before it is read (a 1024 px RGB PNG is at most 3 MiB)."""
 
 
 def image_name(i: int) -> str:
@@ -117,24 +121,50 @@ class Dataset:
         data = _read_member(self.path, self.names[i])
         try:
             with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
+                width, height = im.size  # from the header: nothing is decoded yet
+                if max(width, height) <= limits.MAX_IMAGE_RESOLUTION:
+                    return np.asarray(im.convert("RGB"))
         except Exception as e:  # PIL raises many kinds for a broken file
             raise InputFileError(f"{self.path}: {self.names[i]} is not a readable image ({e})") from None
+        raise InputFileError(f"{self.path}: {self.names[i]} is {width}x{height} pixels, over "
+                             f"{limits.MAX_IMAGE_RESOLUTION} per side (MAX_IMAGE_RESOLUTION)")
 
 
 def _read_member(path: Path, name: str) -> bytes:
     if path.is_file():
-        with zipfile.ZipFile(path) as zf:
-            try:
-                return zf.read(name)
-            except KeyError:
-                raise InputFileError(f"{path}: has no {name}") from None
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return _read_zip_member(path, zf, name, MAX_IMAGE_FILE_BYTES, "MAX_IMAGE_FILE_BYTES")
+        except zipfile.BadZipFile as e:
+            raise InputFileError(f"{path}: {name} is unreadable ({e})") from None
     p = (path / name).resolve()
     if path.resolve() not in p.parents:
         raise InputFileError(f"{path}/dataset.json: image name {name!r} leaves the data set")
     if not p.is_file():
         raise InputFileError(f"{path}: has no {name}")
+    if p.stat().st_size > MAX_IMAGE_FILE_BYTES:
+        raise InputFileError(f"{p}: larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB (MAX_IMAGE_FILE_BYTES)")
     return p.read_bytes()
+
+
+def _read_zip_member(path: Path, zf: zipfile.ZipFile, name: str, limit: int, limit_name: str) -> bytes:
+    """Member ``name`` of the zip ``path``, read only once the sizes in the zip directory are checked: at most
+    ``limit`` bytes, inside the file, and (above RATIO_EXEMPT_BYTES) at most MAX_COMPRESSION_RATIO times its
+    compressed size. zipfile never inflates more than the declared size."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise InputFileError(f"{path}: has no {name}") from None
+    if info.file_size > limit:
+        raise InputFileError(f"{path}: {name} is larger than {limit >> 20} MiB ({limit_name})")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
+            or info.header_offset + info.compress_size > path.stat().st_size:
+        raise InputFileError(f"{path}: {name} is not stored or deflated inside the file")
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > limits.RATIO_EXEMPT_BYTES and ratio > limits.MAX_COMPRESSION_RATIO:
+        raise InputFileError(f"{path}: {name} declares {info.file_size:,} bytes deflated into {info.compress_size:,} "
+                             f"({ratio:,.0f}:1, over MAX_COMPRESSION_RATIO {limits.MAX_COMPRESSION_RATIO}:1)")
+    return zf.read(info)
 
 
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -145,10 +175,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     try:
         if p.is_file():
             with zipfile.ZipFile(p) as zf:
-                info = zf.getinfo("dataset.json")
-                if info.file_size > MAX_LABELS_BYTES:
-                    raise InputFileError(f"{p}: dataset.json is larger than {MAX_LABELS_BYTES >> 20} MiB")
-                raw = zf.read(info)
+                raw = _read_zip_member(p, zf, "dataset.json", MAX_LABELS_BYTES, "MAX_LABELS_BYTES")
         else:
             f = p / "dataset.json"
             if not f.is_file():
@@ -161,7 +188,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise InputFileError(f"{p}: has no dataset.json") from None
     except zipfile.BadZipFile:
         raise InputFileError(f"{p}: not a zip file or folder") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise InputFileError(f"{p}: dataset.json is not valid JSON ({e})") from None
     labels = doc.get("labels") if isinstance(doc, dict) else None
     if not isinstance(labels, list) or not labels:

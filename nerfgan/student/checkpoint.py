@@ -24,7 +24,9 @@ from nerfgan import camera
 from nerfgan.errors import CheckpointError, ConfigError
 from nerfgan.student.config import StudentConfig
 from nerfgan.student.generator import StudentGenerator
-from nerfgan.teacher.checkpoint import check_state_dict, read_safetensors, write_safetensors
+from nerfgan.teacher.checkpoint import (
+    check_shapes, check_state_dict, expected_shapes, read_safetensors, read_safetensors_header, write_safetensors,
+)
 
 FORMAT = "nerfgan-student"
 STATE_FORMAT = "nerfgan-train-state"
@@ -40,13 +42,23 @@ def save_student(model: StudentGenerator, path: str | os.PathLike[str], extra: M
 
 
 def load_student(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StudentGenerator:
-    tensors, meta = read_safetensors(path, "student checkpoint")
+    """Load a student written by :func:`save_student`.
+
+    Bounds before allocation: the config (and the teacher config in it) is checked against
+    nerfgan.teacher.limits, and the tensors listed in the file's header against a student built on the meta
+    device, before any tensor is read or the real module is built.
+    """
+    shapes, meta = read_safetensors_header(path, "student checkpoint")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nerfgan student file (metadata format={meta.get('format')!r})")
     try:
         config = StudentConfig.from_json(meta["config"], source=str(path))
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{path}: student config missing or invalid ({e})") from None
+    except KeyError:
+        raise CheckpointError(f"{path}: student config missing (metadata has no 'config')") from None
+    except ConfigError as e:  # it names the file, the field and the limit
+        raise CheckpointError(str(e)) from None
+    check_shapes(expected_shapes(lambda: StudentGenerator(config)), shapes, str(path))
+    tensors, _ = read_safetensors(path, "student checkpoint")
     model = StudentGenerator(config)
     check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors)
@@ -54,7 +66,7 @@ def load_student(path: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def read_student_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    _, meta = read_safetensors(path, "student checkpoint")
+    _, meta = read_safetensors(path, "student checkpoint", with_tensors=False)
     return meta
 
 

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nerfgan.errors import ConfigError
+from nerfgan.teacher import limits
 from nerfgan.teacher.config import TeacherConfig
+from nerfgan.teacher.limits import check_int
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,17 @@ class StudentConfig:
     conv_clamp: float | None = 256.0  # clamp synthesis activations (keeps FP16 export in range)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "student config") -> None:
+        """Raise ConfigError naming ``source`` and the field for a value outside nerfgan.teacher.limits (the
+        teacher's own config was validated when it was made); nothing here allocates."""
         R = self.teacher.neural_rendering_resolution
         if R & (R - 1) or R < 8:
-            raise ConfigError(f"student: the teacher's neural rendering resolution must be a power of two >= 8, got {R}")
-        if self.channel_base < 4 or self.channel_max < 1 or self.mapping_layers < 1:
-            raise ConfigError("student: channel_base, channel_max and mapping_layers must be positive")
+            raise ConfigError(f"{source}: the teacher's neural rendering resolution must be a power of two >= 8, got {R}")
+        check_int(self.channel_base, "channel_base", 4, limits.MAX_CHANNEL_BASE, source, "MAX_CHANNEL_BASE")
+        check_int(self.channel_max, "channel_max", 1, limits.MAX_CHANNELS, source, "MAX_CHANNELS")
+        check_int(self.mapping_layers, "mapping_layers", 1, limits.MAX_MAPPING_LAYERS, source, "MAX_MAPPING_LAYERS")
 
     @property
     def resolution(self) -> int:
@@ -52,10 +60,16 @@ class StudentConfig:
     def from_json(cls, text: str, source: str = "student config") -> "StudentConfig":
         try:
             d: dict[str, Any] = json.loads(text)
-            teacher = TeacherConfig.from_json(json.dumps(d.pop("teacher")), source=source)
-            return cls(teacher=teacher, **d)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            teacher_json = json.dumps(d.pop("teacher"))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise ConfigError(f"{source}: student config JSON is malformed ({type(e).__name__}: {e})") from None
+        teacher = TeacherConfig.from_json(teacher_json, source=source)
+        try:
+            return cls(teacher=teacher, **d)  # __post_init__ checks the limits before anything is built
+        except TypeError as e:
             raise ConfigError(f"{source}: student config JSON is malformed ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     def replace(self, **changes: Any) -> "StudentConfig":
         return replace(self, **changes)

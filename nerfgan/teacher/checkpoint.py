@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -25,29 +26,62 @@ FORMAT = "nerfgan-teacher"
 FORMAT_VERSION = "1"
 
 
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointError naming ``source`` unless ``state`` has exactly the model's keys and shapes."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def expected_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict of the module ``build()`` makes, built on the meta device (nothing is
+    allocated), so a config can be compared with the tensors of a file before the real module is built."""
+    with torch.device("meta"):
+        model = build()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def teacher_shapes(config: TeacherConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor of an EG3D with ``config`` (its state dict), without allocating it."""
+    return expected_shapes(lambda: EG3D(config))
+
+
+def check_shapes(expected: Shapes, got: Shapes, source: str) -> None:
+    """Raise CheckpointError naming ``source`` unless ``got`` has exactly the keys and shapes of ``expected``
+    (the value counts of both are in the message, which names up to 5 tensors of each kind of problem)."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    wrong = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensor(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     if extra:
         problems.append(f"{len(extra)} unexpected tensor(s): {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
     if wrong:
-        problems.append("wrong shape(s): " + ", ".join(f"{k} {got[k]} (expected {expected[k]})" for k in wrong[:5]))
+        problems.append("wrong shape(s): " + ", ".join(f"{k} {tuple(got[k])} (expected {tuple(expected[k])})"
+                                                        for k in wrong[:5]))
     if problems:
-        raise CheckpointError(f"{source}: weights do not match the config: " + "; ".join(problems))
+        counts = (f"the config has {_values(expected):,} values in {len(expected)} tensors, "
+                  f"the file {_values(got):,} in {len(got)}")
+        raise CheckpointError(f"{source}: weights do not match the config ({counts}): " + "; ".join(problems))
+
+
+def _values(shapes: Shapes) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming ``source`` unless ``state`` has exactly the model's keys and shapes."""
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, source)
 
 
 def build_teacher(config: TeacherConfig, state: Mapping[str, torch.Tensor] | None = None, source: str = "weights") -> EG3D:
-    """An eval-mode EG3D for ``config``, with ``state`` loaded after a full key/shape check."""
+    """An eval-mode EG3D for ``config``, with ``state`` loaded after a full key/shape check.
+
+    The check runs against a module built on the meta device first, so weights that do not match their
+    config are refused before anything of the config's size is allocated.
+    """
+    if state is not None:
+        check_shapes(teacher_shapes(config), {k: tuple(v.shape) for k, v in state.items()}, source)
     model = EG3D(config).eval().requires_grad_(False)
     if state is not None:
-        check_state_dict(model, state, source)
         model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return model
 
@@ -85,7 +119,10 @@ def _sort_metadata(path: Path) -> None:
 def read_safetensors(
     path: str | os.PathLike[str], what: str, with_tensors: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file in one read; ``what`` names the file kind in errors."""
+    """(tensors, metadata) of a safetensors file in one read; ``what`` names the file kind in errors.
+
+    The tensors take no more memory than the file's size (safetensors checks that their extents lie in it).
+    """
     from safetensors import safe_open
 
     p = existing_file(path, what)
@@ -96,6 +133,21 @@ def read_safetensors(
     except Exception as e:  # safetensors raises its own error types for any malformed header or payload
         raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
     return tensors, meta
+
+
+def read_safetensors_header(path: str | os.PathLike[str], what: str
+                            ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(key -> shape, metadata) of a safetensors file, from its header only: no tensor is read."""
+    from safetensors import safe_open
+
+    p = existing_file(path, what)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # as in read_safetensors
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    return shapes, meta
 
 
 def save_teacher(model: EG3D, path: str | os.PathLike[str], extra_metadata: Mapping[str, str] | None = None) -> Path:
@@ -136,17 +188,28 @@ def resolve_teacher_path(path_or_name: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EG3D:
-    """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``), or a built-in by name."""
-    p = resolve_teacher_path(path)
-    state, meta = read_safetensors(p, "teacher checkpoint")
-    _check_teacher_metadata(p, meta)
+def teacher_config_of(path: Path, meta: Mapping[str, str]) -> TeacherConfig:
+    """The config in a teacher file's metadata, checked against nerfgan.teacher.limits (CheckpointError naming it)."""
+    _check_teacher_metadata(path, dict(meta))
     try:
-        config = TeacherConfig.from_json(meta["config"], source=str(p))
+        return TeacherConfig.from_json(meta["config"], source=str(path))
     except KeyError:
-        raise CheckpointError(f"{p}: metadata has no 'config'") from None
+        raise CheckpointError(f"{path}: metadata has no 'config'") from None
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+
+
+def load_teacher(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> EG3D:
+    """Load a teacher written by :func:`save_teacher` (or ``nerfgan teacher import``), or a built-in by name.
+
+    Bounds before allocation: the config is checked against nerfgan.teacher.limits and the tensors listed in
+    the file's header against a module built on the meta device before any tensor is read or module built.
+    """
+    p = resolve_teacher_path(path)
+    shapes, meta = read_safetensors_header(p, "teacher checkpoint")
+    config = teacher_config_of(p, meta)
+    check_shapes(teacher_shapes(config), shapes, str(p))
+    state, _ = read_safetensors(p, "teacher checkpoint")
     return build_teacher(config, state, source=str(p)).to(device)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nerfgan.errors import ConfigError
+from nerfgan.teacher import limits
+from nerfgan.teacher.limits import check_int, check_power_of_two
 
 # Upstream's super-resolution class names -> our short names (an explicit table, no lookup by string).
 SUPERRESOLUTION_MODULES = {
@@ -151,13 +153,32 @@ class TeacherConfig:
             )
         except KeyError as e:
             raise ConfigError(f"{source}: rendering_kwargs is missing {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{source}: invalid value in init kwargs ({e})") from None
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str = "config") -> None:
+        """Raise ConfigError naming ``source`` and the field for a value outside nerfgan.teacher.limits or
+        inconsistent with upstream's modules; nothing here allocates, so it runs before any module is built."""
         r = self.rendering
+        check_int(self.z_dim, "z_dim", 1, limits.MAX_Z_DIM, source, "MAX_Z_DIM")
+        check_int(self.channel_base, "channel_base", 1, limits.MAX_CHANNEL_BASE, source, "MAX_CHANNEL_BASE")
+        check_int(self.channel_max, "channel_max", 1, limits.MAX_CHANNELS, source, "MAX_CHANNELS")
+        check_int(self.mapping_layers, "mapping_kwargs.num_layers", 1, limits.MAX_MAPPING_LAYERS, source,
+                  "MAX_MAPPING_LAYERS")
+        check_power_of_two(self.img_resolution, "img_resolution", limits.MAX_IMAGE_RESOLUTION, source,
+                           "MAX_IMAGE_RESOLUTION")
+        check_power_of_two(r.image_resolution, "rendering_kwargs.image_resolution", limits.MAX_IMAGE_RESOLUTION,
+                           source, "MAX_IMAGE_RESOLUTION")
+        check_int(self.neural_rendering_resolution, "neural_rendering_resolution", 4,
+                  limits.MAX_NEURAL_RENDERING_RESOLUTION, source, "MAX_NEURAL_RENDERING_RESOLUTION")
+        check_int(r.depth_resolution, "rendering_kwargs.depth_resolution", 2, limits.MAX_SAMPLES_PER_RAY, source,
+                  "MAX_SAMPLES_PER_RAY")
+        check_int(r.depth_resolution_importance, "rendering_kwargs.depth_resolution_importance", 0,
+                  limits.MAX_SAMPLES_PER_RAY, source, "MAX_SAMPLES_PER_RAY")
+        check_int(self.num_fp16_res, "num_fp16_res", 0, limits.MAX_FP16_RES, source, "MAX_FP16_RES")
+        check_int(self.sr_num_fp16_res, "sr_num_fp16_res", 0, limits.MAX_FP16_RES, source, "MAX_FP16_RES")
         expected = SUPERRESOLUTION_OUTPUT[r.superresolution]
         if self.img_resolution != expected or r.image_resolution != expected:
             raise ConfigError(
@@ -170,10 +191,6 @@ class TeacherConfig:
             raise ConfigError(f"{source}: w_dim must be 512 (upstream's super-resolution hard-codes it), got {self.w_dim}")
         if self.c_dim not in (0, 25):
             raise ConfigError(f"{source}: c_dim must be 25 (or 0), got {self.c_dim}")
-        if self.neural_rendering_resolution < 4:
-            raise ConfigError(f"{source}: neural_rendering_resolution must be >= 4, got {self.neural_rendering_resolution}")
-        if r.depth_resolution < 2 or r.depth_resolution_importance < 0:
-            raise ConfigError(f"{source}: depth_resolution must be >= 2 and depth_resolution_importance >= 0")
         if r.depth_resolution_importance > 0 and r.depth_resolution < 4:
             raise ConfigError(f"{source}: importance sampling needs depth_resolution >= 4")
         if not (0 < r.ray_start < r.ray_end):
@@ -227,8 +244,8 @@ class TeacherConfig:
         try:
             d = json.loads(text)
             return cls.from_upstream(d["upstream_init_kwargs"], d["neural_rendering_resolution"], source=source)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"{source}: teacher config JSON is malformed ({e})") from None
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
+            raise ConfigError(f"{source}: teacher config JSON is malformed ({type(e).__name__}: {e})") from None
 
     def replace(self, **changes: Any) -> "TeacherConfig":
         return dataclasses.replace(self, **changes)

@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,8 @@ import nerfgan
 from nerfgan.errors import CheckpointError, ConfigError, InputFileError, UsageError
 from nerfgan.io import atomic_path, existing_file, file_sha256
 from nerfgan.sampling import PoseDistribution, Samples, draw
+from nerfgan.teacher import limits
+from nerfgan.teacher.checked_npz import CheckedNpz
 from nerfgan.teacher.config import TeacherConfig
 from nerfgan.teacher.generator import EG3D
 
@@ -295,9 +297,12 @@ def make_render_set(teacher_path: str | os.PathLike[str], n: int, out_dir: str |
 def _read_index(directory: Path) -> dict[str, Any]:
     path = directory / INDEX
     existing_file(path, "render set index")
+    if path.stat().st_size > limits.MAX_INDEX_BYTES:
+        raise InputFileError(f"{path}: larger than {limits.MAX_INDEX_BYTES >> 20} MiB (MAX_INDEX_BYTES); "
+                             "not a render set index")
     try:
         index = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputFileError(f"{path}: unreadable render set index ({e})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         found = index.get("format") if isinstance(index, dict) else None
@@ -310,7 +315,8 @@ def _read_index(directory: Path) -> dict[str, Any]:
         isinstance(s, dict) and isinstance(s.get("file"), str) and _SHARD_NAME.fullmatch(s["file"])
         and isinstance(s.get("start"), int) and isinstance(s.get("count"), int) and s["count"] >= 1
         and isinstance(s.get("sha256"), str) for s in shards)
-    if not ok or not all(isinstance(index.get(k), int) for k in ("seed", "n", "shard_size")):
+    if not ok or not all(isinstance(index.get(k), int) for k in ("seed", "n", "shard_size")) \
+            or index["n"] < 1 or index["shard_size"] < 1:
         raise InputFileError(f"{path}: malformed render set index (seed, n, shard_size or shards)")
     return index
 
@@ -344,7 +350,7 @@ class RenderSet:
         path = d / INDEX
         try:
             PoseDistribution(**index["pose_distribution"])
-            TeacherConfig.from_json(json.dumps(index["teacher"]["config"]), source=str(path))
+            config = TeacherConfig.from_json(json.dumps(index["teacher"]["config"]), source=str(path))
             index["teacher"]["sha256"]
         except (KeyError, TypeError, ConfigError) as e:
             raise InputFileError(f"{path}: malformed render set index ({e})") from None
@@ -358,8 +364,13 @@ class RenderSet:
         if pos < n and not allow_incomplete:
             raise InputFileError(f"{d}: incomplete render set ({pos} of {n} samples in contiguous shards); "
                                  "rerun `nerfgan teacher renders` with the same options to finish it")
+        sample_bytes = sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in array_specs(config).values())
         for s in shards:
             f = existing_file(d / s["file"], "render set shard")
+            nbytes = f.stat().st_size
+            if s["count"] * sample_bytes > nbytes:  # bounds what RenderSet.load allocates by the files' sizes
+                raise InputFileError(f"{f}: {path} lists {s['count']} samples of {sample_bytes:,} bytes in this "
+                                     f"{nbytes:,}-byte file (shards are stored uncompressed)")
             if verify and file_sha256(f) != s["sha256"]:
                 raise InputFileError(f"{f}: shard is corrupt (sha256 differs from {path}); "
                                      "rerun `nerfgan teacher renders` with the same options to re-render it")
@@ -374,17 +385,10 @@ class RenderSet:
                 f"R={self.neural_rendering_resolution}, H={self.image_resolution})")
 
     def _read_shard(self, entry: dict[str, Any], as_float32: bool) -> dict[str, np.ndarray]:
+        """A shard's arrays; each member's declared dtype, shape and sizes are checked before it is read."""
         path = self.directory / entry["file"]
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in self.specs}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise InputFileError(f"{path}: unreadable render set shard ({type(e).__name__}: {e})") from None
-        for k, (dtype, shape) in self.specs.items():
-            a = arrays[k]
-            if a.dtype != np.dtype(dtype) or a.shape != (entry["count"], *shape):
-                raise InputFileError(f"{path}: array {k} is {a.dtype} {a.shape}, "
-                                     f"expected {dtype} {(entry['count'], *shape)}")
+        with CheckedNpz(path, "render set shard") as z:
+            arrays = {k: z.read(k, (entry["count"], *shape), dtype) for k, (dtype, shape) in self.specs.items()}
         if not np.array_equal(arrays["index"], np.arange(entry["start"], entry["start"] + entry["count"])):
             raise InputFileError(f"{path}: sample indices do not match its index.json entry")
         if as_float32:

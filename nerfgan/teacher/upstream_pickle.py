@@ -6,43 +6,40 @@ source embedded in every persistent object. Here nothing named by the file is im
 a restricted unpickler maps an explicit allow-list of globals to inert stand-ins written in this
 module (anything else is rejected by name), ``module_src`` strings are never compiled, and tensor
 storages (legacy ``torch.save`` streams nested in the pickle) are parsed by a second restricted
-unpickler plus numpy, never by ``torch.load``. The stand-ins cannot be modified by the file (BUILD
-on them fails), so one file cannot poison the next load. Every stream is pre-scanned with
-:mod:`pickletools` before the C unpickler sees it: counted lengths must fit in the bytes present
-and memo indices stay small, so no allocation exceeds the file; tensor views must lie inside their
-storage. What comes out is plain data: init kwargs, a float32 state dict and the
+unpickler plus numpy, never by ``torch.load`` (:mod:`nerfgan.teacher.upstream_storage`). The
+stand-ins cannot be modified by the file (BUILD on them fails), so one file cannot poison the next
+load. Every stream is pre-scanned with :mod:`pickletools` before the C unpickler sees it: counted
+lengths must fit in the bytes present and memo indices stay small, so no allocation exceeds the
+file; tensor views must lie inside their storage. Shared references (the pickle memo) cannot
+multiply memory: a module reached twice is refused (EG3D's modules form a tree), a tensor reached
+twice is copied once, the init kwargs may spell out to at most ``MAX_KWARGS_BYTES``, and the
+tensor bytes materialised (storage copies and state-dict clones) stay within
+``MATERIALISED_PER_FILE_BYTE`` x the file size + ``MATERIALISED_SLACK_BYTES``
+(nerfgan.teacher.limits). What comes out is plain data: init kwargs, a float32 state dict and the
 ``neural_rendering_resolution``.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import pickle
-import pickletools
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
 
 from nerfgan.errors import CheckpointError, InputFileError, UsageError
+from nerfgan.teacher.upstream_storage import (
+    FORBIDDEN_OPS, Budget, Frozen, Rejected, load_from_bytes, load_one, quote, rebuild_parameter, rebuild_tensor_v2,
+)
 
 WHICH_CHOICES = ("G_ema", "G")
 _GENERATOR_CLASS = "TriPlaneGenerator"
 _PERSISTENT_VERSIONS = frozenset({6})
 _PERSISTENT_META_KEYS = frozenset({"type", "version", "module_src", "class_name", "state"})
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
 _MAX_DEPTH = 64
-# Opcodes a snapshot never needs: out-of-band buffers, the extension registry, protocol-0 class
-# instantiation and (in the outer stream) persistent ids.
-_FORBIDDEN_OPS = frozenset({"EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEXT_BUFFER",
-                            "READONLY_BUFFER", "PERSID", "BINPERSID"})
-_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
 @dataclass(frozen=True)
@@ -55,30 +52,10 @@ class UpstreamGenerator:
     neural_rendering_resolution: int  # side of the volume-rendered feature image, pixels
 
 
-class _Rejected(Exception):
-    """Raised inside the unpicklers; turned into a CheckpointError that names the file."""
-
-
-def _quote(text: object, limit: int = 80) -> str:
-    """A short single-line rendering of an untrusted value."""
-    shown = text if isinstance(text, str) and text.isprintable() else ascii(text)
-    return shown if len(shown) <= limit else shown[:limit] + "..."
-
-
 # ---------------------------------------------------------------------------------- stand-ins
 
 
-class _Frozen:
-    """Base of the loader's own records: BUILD (``__setstate__``) on one, or on its class, fails."""
-
-    __slots__ = ()
-
-    def __setstate__(self, state: object) -> None:
-        name = type(self).__name__.strip("_")
-        raise _Rejected(f"pickle tries to modify a loader object ({name})")
-
-
-class _StandIn(_Frozen):
+class _StandIn(Frozen):
     """An allow-listed function, wrapped so that the file cannot alter it (its __defaults__...)."""
 
     __slots__ = ("_fn",)
@@ -98,14 +75,14 @@ class _Inert:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
         if args or kwargs:
-            raise _Rejected(f"unexpected constructor arguments for {cls.qualname}")
+            raise Rejected(f"unexpected constructor arguments for {cls.qualname}")
         obj = super().__new__(cls)
         obj.state = {}
         return obj
 
     def __setstate__(self, state: object) -> None:
         if not isinstance(state, dict):
-            raise _Rejected(f"state of {self.qualname} is not a dict")
+            raise Rejected(f"state of {self.qualname} is not a dict")
         self.state = state
 
 
@@ -122,7 +99,7 @@ _INERT_CLASSES = {
 }
 
 
-class _PersistentObject(_Frozen):
+class _PersistentObject(Frozen):
     """What torch_utils.persistence would rebuild, reduced to its class name and state."""
 
     __slots__ = ("class_name", "state")
@@ -139,22 +116,22 @@ class _EasyDict(dict):  # type: ignore[type-arg]
     # Also makes BUILD on the class object fail instead of setting class attributes.
     def __setstate__(self, state: object) -> None:
         if state:
-            raise _Rejected("EasyDict carries unexpected state")
+            raise Rejected("EasyDict carries unexpected state")
 
 
 def _reconstruct_persistent_obj(meta: object) -> _PersistentObject:
     """Stand-in for torch_utils.persistence._reconstruct_persistent_obj; never runs module_src."""
     if not isinstance(meta, dict) or set(meta) != _PERSISTENT_META_KEYS:
-        raise _Rejected("persistent object metadata is not of the documented shape")
+        raise Rejected("persistent object metadata is not of the documented shape")
     kind, version = meta["type"], meta["version"]
     if type(kind) is not str or kind != "class" or type(version) is not int \
             or version not in _PERSISTENT_VERSIONS:
-        raise _Rejected(f"persistent object has type {_quote(kind)} version {_quote(version)}; "
-                        f"only type class version {min(_PERSISTENT_VERSIONS)} is known")
+        raise Rejected(f"persistent object has type {quote(kind)} version {quote(version)}; "
+                       f"only type class version {min(_PERSISTENT_VERSIONS)} is known")
     if type(meta["module_src"]) is not str or type(meta["class_name"]) is not str:
-        raise _Rejected("persistent object metadata has a non-string module_src or class_name")
+        raise Rejected("persistent object metadata has a non-string module_src or class_name")
     if not isinstance(meta["state"], dict):
-        raise _Rejected(f"state of persistent object {_quote(meta['class_name'])} is not a dict")
+        raise Rejected(f"state of persistent object {quote(meta['class_name'])} is not a dict")
     return _PersistentObject(meta["class_name"], meta["state"])
 
 
@@ -168,7 +145,7 @@ class _Dtype:
 
     def __init__(self, code: object, align: object = False, copy: object = True) -> None:
         if type(code) is not str or code not in _NUMPY_CODES:
-            raise _Rejected(f"unsupported numpy dtype {_quote(code)}")
+            raise Rejected(f"unsupported numpy dtype {quote(code)}")
         self.code, self.order = code, "<"
 
     def __setstate__(self, state: object) -> None:
@@ -176,153 +153,18 @@ class _Dtype:
         # metadata]); subarray, names and fields must be None (a plain scalar type).
         if (type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4)
                 or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None)):
-            raise _Rejected(f"unsupported numpy dtype state for {self.code!r}")
+            raise Rejected(f"unsupported numpy dtype state for {self.code!r}")
         self.order = ">" if state[1] == ">" else "<"
 
 
 def _numpy_scalar(dtype: object, data: object = None) -> np.generic:
     if not isinstance(dtype, _Dtype) or type(data) is not bytes:
-        raise _Rejected("malformed numpy scalar")
+        raise Rejected("malformed numpy scalar")
     real = np.dtype(dtype.order + dtype.code)
     if len(data) != real.itemsize:
-        raise _Rejected(f"numpy scalar of type {dtype.code} has {len(data)} bytes")
+        raise Rejected(f"numpy scalar of type {dtype.code} has {len(data)} bytes")
     scalar: np.generic = np.frombuffer(data, dtype=real)[0]
     return scalar
-
-
-# ----------------------------------------------------------------------------------- tensors
-
-_STORAGE_DTYPES = {
-    "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "LongStorage": "<i8",
-    "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
-    "BoolStorage": "?",
-}
-
-
-class _StorageType(_Frozen):
-    __slots__ = ("dtype",)
-
-    def __init__(self, dtype: str) -> None:
-        self.dtype = np.dtype(dtype)
-
-
-class _StorageRef(_Frozen):
-    __slots__ = ("stype", "key", "numel")
-
-    def __init__(self, stype: _StorageType, key: str, numel: int) -> None:
-        self.stype, self.key, self.numel = stype, key, numel
-
-
-class _Storage(_Frozen):
-    """A parsed storage: its elements as a 1-D tensor."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
-
-
-_STORAGE_TYPES = {("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()}
-
-
-def _checked_int(value: object, what: str, high: int = 2**62) -> int:
-    if type(value) is not int or not 0 <= value <= high:
-        raise _Rejected(f"{what} {_quote(value)} is not an integer in [0, {high}]")
-    return value
-
-
-def _rebuild_tensor_v2(storage: object, storage_offset: object, size: object, stride: object,
-                       requires_grad: object, backward_hooks: object, metadata: object = None
-                       ) -> torch.Tensor:
-    """Stand-in for torch._utils._rebuild_tensor_v2: a bounds-checked view of a parsed storage."""
-    if (not isinstance(storage, _Storage) or type(size) is not tuple or type(stride) is not tuple
-            or len(size) != len(stride) or len(size) > 32 or type(requires_grad) is not bool):
-        raise _Rejected("malformed tensor record")
-    if not isinstance(backward_hooks, dict) or backward_hooks or metadata is not None:
-        raise _Rejected("tensor record carries hooks or metadata")
-    available = storage.tensor.numel()
-    offset = _checked_int(storage_offset, "tensor storage offset")
-    shape = [_checked_int(s, "tensor size") for s in size]
-    steps = [_checked_int(s, "tensor stride") for s in stride]
-    numel = math.prod(shape)
-    last = offset + sum((n - 1) * st for n, st in zip(shape, steps)) if numel else offset - 1
-    if numel > available or last >= available:
-        raise _Rejected(f"tensor of size {shape} does not fit its storage of {available} elements")
-    return torch.as_strided(storage.tensor, shape, steps, offset)
-
-
-def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: object) -> torch.Tensor:
-    """Stand-in for torch._utils._rebuild_parameter: the parameter's data is all we need."""
-    if not isinstance(data, torch.Tensor) or type(requires_grad) is not bool:
-        raise _Rejected("malformed parameter record")
-    if not isinstance(backward_hooks, dict) or backward_hooks:
-        raise _Rejected("parameter record carries hooks")
-    return data
-
-
-class _StorageUnpickler(pickle.Unpickler):
-    """Reads the pickles of a legacy torch.save stream; only storage types are importable."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _STORAGE_TYPES[(module, name)]
-        except (KeyError, TypeError):
-            raise _Rejected(f"forbidden global '{_quote(module)}.{_quote(name)}' inside a "
-                            "tensor storage blob") from None
-
-    def persistent_load(self, pid: object) -> _StorageRef:
-        # ('storage', storage type, key, location, element count, view metadata)
-        if (type(pid) is not tuple or len(pid) != 6 or type(pid[0]) is not str
-                or pid[0] != "storage" or not isinstance(pid[1], _StorageType)
-                or type(pid[2]) is not str or type(pid[3]) is not str
-                or not pid[3].startswith(("cpu", "cuda")) or pid[5] is not None):
-            raise _Rejected("malformed storage reference inside a tensor storage blob")
-        return _StorageRef(pid[1], pid[2], _checked_int(pid[4], "storage size"))
-
-
-def _load_one(unpickler: type[pickle.Unpickler], data: bytes, pos: int, forbidden: frozenset[str]
-              ) -> tuple[Any, int]:
-    """Pre-scan the pickle at ``pos`` with pickletools, then unpickle it; returns (obj, end)."""
-    if data[pos:pos + 1] != pickle.PROTO:
-        raise _Rejected("not a pickle (no protocol header)")
-    stream = io.BytesIO(data)
-    stream.seek(pos)
-    count = 0
-    try:
-        for op, arg, _ in pickletools.genops(stream):
-            count += 1
-            if op.name in forbidden:
-                raise _Rejected(f"not an EG3D snapshot: forbidden pickle opcode {op.name}")
-            if op.name in _PUT_OPS and not (isinstance(arg, int) and 0 <= arg <= count):
-                raise _Rejected(f"pickle memo index {_quote(arg)} out of range")
-    except (ValueError, struct.error) as exc:
-        raise _Rejected(f"not a valid pickle ({_quote(str(exc), 120)})") from None
-    end = stream.tell()
-    return unpickler(io.BytesIO(data[pos:end])).load(), end
-
-
-def _load_from_bytes(blob: object) -> _Storage:
-    """Stand-in for torch.storage._load_from_bytes: parses a legacy (non-zip) torch.save stream."""
-    if type(blob) is not bytes:
-        raise _Rejected("tensor storage blob is not bytes")
-    header, pos = [], 0
-    for _ in range(5):  # magic number, protocol, sys info, the storage reference, list of keys
-        obj, pos = _load_one(_StorageUnpickler, blob, pos, _FORBIDDEN_OPS - {"BINPERSID"})
-        header.append(obj)
-    magic, protocol, info, ref, keys = header
-    if type(magic) is not int or magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
-        raise _Rejected("tensor storage blob is not a legacy torch.save stream")
-    if not isinstance(info, dict) or info.get("little_endian") is not True:
-        raise _Rejected("tensor storage blob is not little-endian")
-    if not isinstance(ref, _StorageRef) or keys != [ref.key]:
-        raise _Rejected("tensor storage blob does not hold exactly one storage")
-    (numel,) = struct.unpack_from("<q", blob, pos) if len(blob) >= pos + 8 else (-1,)
-    itemsize = ref.stype.dtype.itemsize
-    if numel != ref.numel or len(blob) != pos + 8 + numel * itemsize:
-        raise _Rejected(f"tensor storage blob holds {len(blob) - pos - 8} data bytes, expected "
-                        f"{ref.numel} x {itemsize}")
-    array = np.frombuffer(blob, dtype=ref.stype.dtype, count=numel, offset=pos + 8)
-    return _Storage(torch.from_numpy(array.copy()))
 
 
 # ------------------------------------------------------------------------------- the snapshot
@@ -335,48 +177,77 @@ _OUTER_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy", "dtype"): _Dtype,
     ("numpy._core.multiarray", "scalar"): _StandIn(_numpy_scalar),
     ("numpy.core.multiarray", "scalar"): _StandIn(_numpy_scalar),
-    ("torch._utils", "_rebuild_parameter"): _StandIn(_rebuild_parameter),
-    ("torch._utils", "_rebuild_tensor_v2"): _StandIn(_rebuild_tensor_v2),
-    ("torch.storage", "_load_from_bytes"): _StandIn(_load_from_bytes),
+    ("torch._utils", "_rebuild_parameter"): _StandIn(rebuild_parameter),
+    ("torch._utils", "_rebuild_tensor_v2"): _StandIn(rebuild_tensor_v2),
     ("torch_utils.persistence", "_reconstruct_persistent_obj"):
         _StandIn(_reconstruct_persistent_obj),
     **_INERT_CLASSES,
 }
 
 
+_LOAD_FROM_BYTES = ("torch.storage", "_load_from_bytes")
+
+
 class _SnapshotUnpickler(pickle.Unpickler):
-    """The outer unpickler: every global is looked up in the explicit allow-list."""
+    """The outer unpickler: every global is looked up in the explicit allow-list.
+
+    torch.storage._load_from_bytes maps to a stand-in of this unpickler's own, which charges the storages
+    it copies to the read's budget.
+    """
+
+    def __init__(self, file: IO[bytes], budget: Budget) -> None:
+        super().__init__(file)
+        self._load_storage = _StandIn(lambda blob: load_from_bytes(blob, budget))
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == _LOAD_FROM_BYTES:
+            return self._load_storage
         try:
             return _OUTER_GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            raise _Rejected(f"forbidden global '{_quote(module)}.{_quote(name)}' (only EG3D "
-                            "network classes are allowed; nothing from the file is executed)"
-                            ) from None
+            raise Rejected(f"forbidden global '{quote(module)}.{quote(name)}' (only EG3D "
+                           "network classes are allowed; nothing from the file is executed)"
+                           ) from None
 
     def persistent_load(self, pid: object) -> Any:
-        raise _Rejected("unexpected persistent id in a snapshot pickle")
+        raise Rejected("unexpected persistent id in a snapshot pickle")
 
 
-def _collect(obj: object, prefix: str, out: OrderedDict[str, torch.Tensor], path: list[int]
+@dataclass
+class _Walk:
+    """State of one walk through a module tree: modules seen, tensors already copied, the budget."""
+
+    budget: Budget
+    seen: dict[int, str]  # id of each module visited -> its key prefix
+    copies: dict[int, torch.Tensor]  # id of each tensor copied -> its copy (a tensor reached twice is copied once)
+
+
+def _collect(obj: object, prefix: str, out: OrderedDict[str, torch.Tensor], walk: _Walk, depth: int = 0
              ) -> None:
-    """Add obj's parameters, persistent buffers, then its children's, as Module.state_dict does."""
-    where = _quote(prefix.rstrip(".") or "<root>")
+    """Add obj's parameters, persistent buffers, then its children's, as Module.state_dict does.
+
+    A module reached twice is refused (a DAG of k levels would give 2**k paths from a file of k records).
+    """
+    where = quote(prefix.rstrip(".") or "<root>")
     if not isinstance(obj, (_PersistentObject, _Inert)):
-        raise _Rejected(f"module {where} is a {type(obj).__name__}, not a module")
-    if id(obj) in path or len(path) > _MAX_DEPTH:
-        raise _Rejected(f"module {where} is cyclic or nested too deeply")
+        raise Rejected(f"module {where} is a {type(obj).__name__}, not a module")
+    if id(obj) in walk.seen:
+        first = quote(walk.seen[id(obj)].rstrip(".") or "<root>")
+        raise Rejected(f"module {where} is the module {first} again: shared modules (a cycle or a DAG) are "
+                       "not an EG3D structure")
+    if depth > _MAX_DEPTH:
+        raise Rejected(f"module {where} is nested too deeply")
+    walk.seen[id(obj)] = prefix
     state = obj.state
     params, buffers = state.get("_parameters"), state.get("_buffers")
     skip, modules = state.get("_non_persistent_buffers_set"), state.get("_modules")
     if not (isinstance(params, dict) and isinstance(buffers, dict) and isinstance(modules, dict)
             and isinstance(skip, set)):
-        raise _Rejected(f"module {where} lacks the nn.Module attributes")
+        raise Rejected(f"module {where} lacks the nn.Module attributes")
 
     def key_of(name: object) -> str:
         if type(name) is not str or not name or "." in name:
-            raise _Rejected(f"invalid member name {_quote(name)} in module {where}")
+            raise Rejected(f"invalid member name {quote(name)} in module {where}")
         return prefix + name
 
     owned = list(params.items()) + [(k, v) for k, v in buffers.items() if k not in skip]
@@ -386,19 +257,27 @@ def _collect(obj: object, prefix: str, out: OrderedDict[str, torch.Tensor], path
         key = key_of(name)
         if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
             got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise _Rejected(f"state-dict entry {_quote(key)} is {got}, expected a float32 tensor")
+            raise Rejected(f"state-dict entry {quote(key)} is {got}, expected a float32 tensor")
         if key in out:
-            raise _Rejected(f"duplicate state-dict entry {_quote(key)}")
-        out[key] = tensor.detach().clone(memory_format=torch.contiguous_format)
+            raise Rejected(f"duplicate state-dict entry {quote(key)}")
+        if id(tensor) not in walk.copies:
+            walk.budget.tensors(tensor.numel() * tensor.element_size(), f"state-dict entry {quote(key)}")
+            walk.copies[id(tensor)] = tensor.detach().clone(memory_format=torch.contiguous_format)
+        out[key] = walk.copies[id(tensor)]
     for name, child in modules.items():
         if child is not None:
-            _collect(child, key_of(name) + ".", out, path + [id(obj)])
+            _collect(child, key_of(name) + ".", out, walk, depth + 1)
 
 
-def _plain(value: object, where: str, depth: int = 0) -> Any:
-    """Convert init kwargs to JSON-serialisable plain data (EasyDict -> dict, tuple -> list)."""
+def _plain(value: object, where: str, budget: Budget, depth: int = 0) -> Any:
+    """Convert init kwargs to JSON-serialisable plain data (EasyDict -> dict, tuple -> list).
+
+    Each value is charged to ``budget`` as JSON would spell it out, every time it is reached: shared
+    references cannot make the result (or its JSON) larger than MAX_KWARGS_BYTES.
+    """
     if depth > _MAX_DEPTH:
-        raise _Rejected(f"{where} is nested too deeply")
+        raise Rejected(f"{where} is nested too deeply")
+    budget.kwargs(8 + (len(value) if isinstance(value, str) else 0), where)
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, (bool, str)):
@@ -407,36 +286,37 @@ def _plain(value: object, where: str, depth: int = 0) -> Any:
         return float(value) if isinstance(value, float) else int(value)
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
-            raise _Rejected(f"{where} has a non-string key")
-        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            raise Rejected(f"{where} has a non-string key")
+        budget.kwargs(sum(len(k) for k in value), where)
+        return {k: _plain(v, f"{where}.{k}", budget, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-    raise _Rejected(f"{where} holds a {type(value).__name__}, expected plain data")
+        return [_plain(v, f"{where}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
+    raise Rejected(f"{where} holds a {type(value).__name__}, expected plain data")
 
 
-def _extract(top: object, which: str) -> UpstreamGenerator:
+def _extract(top: object, which: str, budget: Budget) -> UpstreamGenerator:
     """Pick the generator out of the unpickled top-level dict and flatten it."""
     if not isinstance(top, dict) or which not in top:
-        found = (f"keys {_quote(sorted(k for k in top if isinstance(k, str)), 120)}"
+        found = (f"keys {quote(sorted(k for k in top if isinstance(k, str)), 120)}"
                  if isinstance(top, dict) else type(top).__name__)
-        raise _Rejected(f"expected an EG3D snapshot (a dict with key '{which}'), found {found}")
+        raise Rejected(f"expected an EG3D snapshot (a dict with key '{which}'), found {found}")
     gen = top[which]
     name = gen.class_name if isinstance(gen, _PersistentObject) else type(gen).__name__
     if not isinstance(gen, _PersistentObject) or gen.class_name != _GENERATOR_CLASS:
-        raise _Rejected(f"entry '{which}' is {_quote(name)}, expected a {_GENERATOR_CLASS}")
+        raise Rejected(f"entry '{which}' is {quote(name)}, expected a {_GENERATOR_CLASS}")
     state = gen.state
     if "_init_kwargs" not in state or "neural_rendering_resolution" not in state:
-        raise _Rejected(f"entry '{which}' lacks _init_kwargs or neural_rendering_resolution")
+        raise Rejected(f"entry '{which}' lacks _init_kwargs or neural_rendering_resolution")
     args = state.get("_init_args", ())
     if not isinstance(args, (tuple, list)) or args:
-        raise _Rejected(f"entry '{which}' has positional constructor arguments")
-    kwargs = _plain(state["_init_kwargs"], f"{which}._init_kwargs")
-    nrr = _plain(state["neural_rendering_resolution"], f"{which}.neural_rendering_resolution")
+        raise Rejected(f"entry '{which}' has positional constructor arguments")
+    kwargs = _plain(state["_init_kwargs"], f"{which}._init_kwargs", budget)
+    nrr = _plain(state["neural_rendering_resolution"], f"{which}.neural_rendering_resolution", budget)
     if not isinstance(kwargs, dict) or type(nrr) is not int or nrr <= 0:
-        raise _Rejected(f"entry '{which}' has a malformed _init_kwargs or "
-                        "neural_rendering_resolution")
+        raise Rejected(f"entry '{which}' has a malformed _init_kwargs or "
+                       "neural_rendering_resolution")
     sd: OrderedDict[str, torch.Tensor] = OrderedDict()
-    _collect(gen, "", sd, [])
+    _collect(gen, "", sd, _Walk(budget, {}, {}))
     return UpstreamGenerator(gen.class_name, kwargs, sd, nrr)
 
 
@@ -448,7 +328,7 @@ def read_upstream_snapshot(path: str | Path, which: str = "G_ema") -> UpstreamGe
     """
     if which not in WHICH_CHOICES:
         choices = ", ".join(WHICH_CHOICES)
-        raise UsageError(f"--which: expected one of {choices}, got {_quote(which)}")
+        raise UsageError(f"--which: expected one of {choices}, got {quote(which)}")
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
@@ -457,13 +337,14 @@ def read_upstream_snapshot(path: str | Path, which: str = "G_ema") -> UpstreamGe
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        top, _ = _load_one(_SnapshotUnpickler, data, 0, _FORBIDDEN_OPS)
-        return _extract(top, which)
-    except _Rejected as exc:
+        budget = Budget(len(data))
+        top, _ = load_one(lambda f: _SnapshotUnpickler(f, budget), data, 0, FORBIDDEN_OPS)
+        return _extract(top, which, budget)
+    except Rejected as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, OverflowError, RuntimeError, MemoryError) as exc:
         # What the C unpickler (or a stand-in given arguments of the wrong shape) raises for a
         # corrupt stream; the cause stays chained for debugging.
         raise CheckpointError(f"{path}: not a readable EG3D snapshot pickle "
-                              f"({type(exc).__name__}: {_quote(str(exc), 120)})") from exc
+                              f"({type(exc).__name__}: {quote(str(exc), 120)})") from exc
