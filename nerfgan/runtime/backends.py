@@ -5,25 +5,31 @@
 
 Every backend knows its ModelSpec (names, shapes; nerfgan.runtime.spec), its nerfgan metadata and
 its batch range, checks every input before running (name, shape, dtype float32, batch in range,
-finite values) and serialises calls with a lock, so one backend can be shared by threads.
+finite values) and serialises calls with a lock, so one backend can be shared by threads; close()
+takes the same lock, so it waits for a call in flight, and later calls raise UsageError.
 
-* OnnxBackend: ONNX Runtime, CPU or CUDA provider (IO binding on CUDA). Never imports torch.
+* OnnxBackend: ONNX Runtime, CPU or CUDA provider (IO binding on CUDA). Never imports torch. The file
+  is read once by nerfgan (size and sha256 checked against the manifest when there is one, external
+  data locations checked) and those bytes are what ONNX Runtime loads.
 * TorchBackend: a student checkpoint run by PyTorch (CPU or CUDA, float32 or float16 on CUDA).
 * TensorRTBackend (nerfgan.runtime.tensorrt_backend): a plan with its sidecar.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nerfgan.errors import InputFileError, MissingDependencyError, TensorError, UsageError
+from nerfgan.errors import ConfigError, InputFileError, MissingDependencyError, TensorError, UsageError
 from nerfgan.runtime import spec as S
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class Backend:
@@ -38,7 +44,7 @@ class Backend:
         self.max_batch = max_batch  # None: any batch
         self.min_batch = 1  # a TensorRT profile may start higher
         self.precision = metadata.get(S.META_PRECISION, "fp32")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a subclass's close() may hold it around super().close()
         self._closed = False
 
     def check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,17 +78,28 @@ class Backend:
         return out
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._closed:
-            raise UsageError(f"{self.path.name}: backend is closed")
+        """Check ``feeds`` and run; UsageError when the backend is closed (also when close() came meanwhile)."""
+        self._refuse_closed()
         checked = self.check(feeds)
         with self._lock:
+            self._refuse_closed()
             return self._run(checked)
+
+    def _refuse_closed(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self.path.name}: backend is closed (close() was called); load the engine again")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Refuse new calls at once (UsageError), wait for a call in flight (the lock), then free (``_release``)."""
         self._closed = True
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        """Free what the backend holds; runs under the lock, once no call is in flight."""
 
     def __enter__(self) -> "Backend":
         return self
@@ -101,9 +118,15 @@ def spec_from_metadata(metadata: dict[str, str], source: Path) -> S.ModelSpec:
 
 
 class OnnxBackend(Backend):
-    """An ONNX file in ONNX Runtime. device 'cpu' or 'cuda' (needs onnxruntime-gpu); threads = intra-op threads."""
+    """An ONNX file in ONNX Runtime. device 'cpu' or 'cuda' (needs onnxruntime-gpu); threads = intra-op threads.
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None) -> None:
+    ``artifact``: the file's manifest entry (size and sha256 checked against the bytes read; ``manifest`` names the
+    manifest in messages). External data locations are checked by :func:`check_external_data` before ONNX Runtime
+    sees the model, which then gets the very bytes checked (and the model's folder for its external data).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None,
+                 artifact: S.Artifact | None = None, manifest: Path | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -111,6 +134,8 @@ class OnnxBackend(Backend):
         p = Path(path)
         if not p.is_file():
             raise InputFileError(f"{p}: ONNX file not found")
+        data = S.read_checked(p, artifact, manifest)
+        check_external_data(parse_onnx(data, p), p)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -123,12 +148,21 @@ class OnnxBackend(Backend):
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
+        # the model comes as bytes, so ONNX Runtime is told where its external data lives (the model's folder)
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    os.path.abspath(p.parent))
         try:
-            self._session = ort.InferenceSession(str(p), so, providers=providers)
+            self._session = ort.InferenceSession(data, so, providers=providers)
         except Exception as e:  # ORT raises its own exception types for files that are not ONNX models
             raise InputFileError(f"{p}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+        del data
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         spec = spec_from_metadata(metadata, p)
+        got_in = [i.name for i in self._session.get_inputs()]
+        got_out = [o.name for o in self._session.get_outputs()]
+        if sorted(got_in) != sorted(spec.input_names) or sorted(got_out) != sorted(spec.output_names):
+            raise ConfigError(f"{p}: the model's inputs {got_in} and outputs {got_out} do not match its "
+                              f"{S.META_IO} metadata ({spec.input_names} and {spec.output_names})")
         super().__init__(p, spec, metadata, max_batch=None)
         self.device = device
         self.name = f"onnxruntime-{device}-{self.precision}"
@@ -145,9 +179,71 @@ class OnnxBackend(Backend):
         outs = self._session.run(self.spec.output_names, feeds)
         return dict(zip(self.spec.output_names, outs))
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
         self._session = None
+
+
+def parse_onnx(data: bytes, path: Path) -> onnx.ModelProto:
+    """``data`` parsed as an ONNX ModelProto (the onnx package, a dependency of nerfgan; weights stay where they are)."""
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("the onnx package is not installed (pip install onnx): nerfgan reads an ONNX "
+                                     "file's external data locations with it before ONNX Runtime loads the file") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf's DecodeError, or RecursionError on deep nesting
+        raise InputFileError(f"{path}: ONNX Runtime cannot load it: not an ONNX model ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
+    return model
+
+
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model whose tensors keep their data in a file outside the model's folder.
+
+    Every tensor (initializers, sparse initializers, constant attributes, subgraphs and functions) that names an
+    external data location must name a relative path without '..' whose real location (symlinks resolved) is a
+    regular file inside the folder of ``path``. InputFileError naming the tensor and the location otherwise.
+    """
+    for tensor in _tensors(model):
+        entries = {e.key: e.value for e in tensor.external_data}
+        if not entries and tensor.data_location != 1:  # 1 = onnx.TensorProto.EXTERNAL
+            continue
+        loc = entries.get("location", "")
+        where = f"{path}: tensor {tensor.name[:80]!r} keeps its data in {loc[:200]!r}"
+        if not loc or "\0" in loc:
+            raise InputFileError(f"{where}: no usable external data location")
+        if PurePosixPath(loc).is_absolute() or PureWindowsPath(loc).is_absolute() or PureWindowsPath(loc).drive:
+            raise InputFileError(f"{where}: an absolute path; external data must sit beside the model")
+        if ".." in PurePosixPath(loc).parts or ".." in PureWindowsPath(loc).parts:
+            raise InputFileError(f"{where}: '..' leaves the model's folder; external data must sit beside the model")
+        S.contained(path.parent, path.parent / loc, "external data of an ONNX model")
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of ``model``: graph initializers, sparse ones, attributes, in subgraphs and functions."""
+    graphs: list[Any] = [model.graph]
+    nodes: list[Any] = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            for sp in g.sparse_initializer:
+                yield sp.values
+                yield sp.indices
+            nodes.extend(g.node)
+            continue
+        for a in nodes.pop().attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sp in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                yield sp.values
+                yield sp.indices
+            if a.HasField("g"):
+                graphs.append(a.g)
+            graphs.extend(a.graphs)
 
 
 class TorchBackend(Backend):
@@ -173,7 +269,11 @@ class TorchBackend(Backend):
         if device == "cuda" and kind == "student":
             self._module = self._module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._device = torch.device(device)
-        metadata = artifact_metadata(student, kind, precision, "", (1, 1, 1))
+        from nerfgan.student.checkpoint import read_student_metadata
+        from nerfgan.teacher.identity import TEACHER_KEY
+
+        metadata = artifact_metadata(student, kind, precision, "", (1, 1, 1),
+                                     read_student_metadata(p).get(TEACHER_KEY))
         super().__init__(p, specs_for(student)[kind], metadata, max_batch=None)
         self.name = f"pytorch-{device}-{precision}"
 

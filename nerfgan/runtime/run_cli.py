@@ -8,7 +8,12 @@
 
 Built on nerfgan.runtime only: with an ONNX export or a TensorRT plan it never imports torch, so this
 module imports nothing heavier than click, numpy and PIL (MP4 needs imageio-ffmpeg, imported when used).
-Every option is checked before the engine is loaded; every file is written atomically.
+Every option is checked before the engine is loaded, and every output path is checked writable before
+anything is rendered; every file is written atomically.
+
+Limits: at most MAX_SEEDS (1024) seeds, MAX_FRAMES (3600) orbit frames or interpolation steps, MAX_IMAGES
+(3600) images rendered by one command (an orbit with --seeds renders seeds x frames), and MAX_HELD_BYTES
+(4 GiB) of uint8 images held for one output file (a grid, a strip, an animation's frames).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from PIL import Image
 from nerfgan import camera
 from nerfgan.cli import run_standalone
 from nerfgan.errors import InputFileError, PoseError, UsageError
-from nerfgan.io import atomic_path
+from nerfgan.io import atomic_path, check_writable
 from nerfgan.runtime import Generator, load
-from nerfgan.runtime.spec import read_manifest
+from nerfgan.runtime.spec import MANIFEST, read_export
 
 MAX_SEEDS = 1024
 MAX_FRAMES = 3600
+MAX_IMAGES = 3600  # images one command renders
+MAX_HELD_BYTES = 4 << 30  # uint8 images held in memory for one output (grid, strip, animation frames)
 STILL, ANIMATION = (".png",), (".gif", ".mp4")
 MP4_INSTALL = "pip install 'nerfgan[video]'"
 
@@ -53,9 +60,12 @@ class _Number(click.ParamType):
         self.name = "integer" if kind is int else "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        def show(v: float) -> str:
+            return str(int(v)) if self.kind is int else f"{v:g}"
+
         want = ("an integer" if self.kind is int else "a number") + (
-            "" if self.lo is None else f" {'>' if self.lo_open else '>='} {self.lo:g}") + (
-            "" if self.hi is None else f" and <= {self.hi:g}")
+            "" if self.lo is None else f" {'>' if self.lo_open else '>='} {show(self.lo)}") + (
+            "" if self.hi is None else f" and <= {show(self.hi)}")
         try:
             v = self.kind(value)
         except (TypeError, ValueError):
@@ -208,6 +218,9 @@ def make_plan(engine: str, precision: str | None, device: str, threads: int | No
             raise PoseError(f"{where}: the pitch reaches {float(np.abs(ps).max()):g} degrees (limit: below 90)")
         poses = [[float(a), float(b), radius] for a, b in zip(ys, ps)]
         frames = len(poses)
+        if frames * len(seeds) > MAX_IMAGES:
+            raise UsageError(f"--orbit {orbit} with {len(seeds)} seeds is {frames * len(seeds)} images; at most "
+                             f"{MAX_IMAGES} per command (fewer frames or seeds)")
     if mode == "seeds":
         outputs = [per_seed_path(output, s) for s in seeds]
     else:
@@ -219,14 +232,44 @@ def make_plan(engine: str, precision: str | None, device: str, threads: int | No
 
 
 def check_engine(path: str, precision: str | None) -> None:
-    """The cheap checks of nerfgan.runtime.load, for --dry-run and before loading."""
+    """The cheap checks of nerfgan.runtime.load, for --dry-run and before loading: a folder's manifest is
+    well-formed; a file with a manifest beside it is listed there (sizes and sha256 are checked by load)."""
     p = Path(path)
     if p.is_dir():
-        read_manifest(p)
+        read_export(p)
     elif not p.is_file():
         raise InputFileError(f"{p}: not found (expected an export folder, .onnx, .plan or student .safetensors)")
     elif precision is not None:
         raise UsageError("--precision picks a file inside an export folder; a file path already names one")
+    elif p.suffix.lower() in (".onnx", ".plan", ".engine") and (p.parent / MANIFEST).exists():
+        manifest = read_export(p.parent)
+        if manifest.find(p.name) is None:
+            raise InputFileError(f"{p}: not listed in {manifest.path}: a leftover of an earlier export; use the "
+                                 f"folder {p.parent} or a file it lists")
+
+
+def check_outputs(plan: Plan) -> None:
+    """Every output path can be written (nerfgan.io.check_writable): one error line now, not after rendering."""
+    for out in plan.outputs:
+        check_writable(out)
+
+
+def held_images(plan: Plan) -> int:
+    """Images held in memory at once for one output file (per-seed files are written one by one)."""
+    if plan.mode == "seeds":
+        return min(plan.batch, len(plan.seeds))
+    if plan.mode == "orbit":
+        return plan.frames * len(plan.seeds)
+    return int(plan.steps or 0) if plan.mode == "interp" else len(plan.seeds)
+
+
+def check_memory(g: Generator, plan: Plan) -> None:
+    """The images one output holds stay within MAX_HELD_BYTES at the engine's resolution."""
+    need = held_images(plan) * g.img_resolution ** 2 * 3
+    if need > MAX_HELD_BYTES:
+        raise UsageError(f"{held_images(plan)} images of {g.img_resolution}x{g.img_resolution} would hold "
+                         f"{need / 2**30:.1f} GiB for one output; at most {MAX_HELD_BYTES / 2**30:g} GiB "
+                         "(fewer seeds, frames or steps)")
 
 
 # --- images --------------------------------------------------------------------------------------------------
@@ -358,7 +401,7 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
               help="Diagonal field of view in degrees (default: the engine's, about 18.8).")
 @click.option("--orbit", type=_Number(int, 1, MAX_FRAMES), default=None,
               help="N frames of one closed orbit around --pose, written as .gif (or .mp4 with imageio-ffmpeg); "
-                   "with --seeds each frame is a grid.")
+                   f"with --seeds each frame is a grid (frames x seeds at most {MAX_IMAGES}).")
 @click.option("--yaw-range", type=_Number(float, 0.0), default=None, help="--orbit yaw amplitude, degrees [20].")
 @click.option("--pitch-range", type=_Number(float, 0.0), default=None, help="--orbit pitch amplitude, degrees [14].")
 @click.option("--fps", type=_Number(float, 0.0, 100.0, lo_open=True), default=None,
@@ -389,7 +432,9 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, po
     if dry_run:
         click.echo(plan.to_json())
         return
+    check_outputs(plan)
     with load(engine, precision=precision, device=device, threads=threads) as g:
+        check_memory(g, plan)
         for line in execute(g, plan):
             click.echo(line)
 
