@@ -5,7 +5,10 @@ The built-in ``tiny`` teacher is EG3D's tiny configuration fitted to nerfgan's a
 known, so the student is judged against its teacher AND against the ground truth.
 
 Stages, each written into DIR and reused by a second run unless ``--force`` (a stage is done when
-its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed run resumes):
+its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed run resumes, and
+Ctrl-C during training stops with a checkpoint that the next run continues from). ``--force`` redoes
+the training in DIR/run only when that folder is one nerfgan made (it removes what nerfgan runs wrote
+there, nothing else); anything else there is refused before any work:
 
     teacher     DIR/teacher.safetensors      the built-in teacher, copied from the package
     renders     DIR/renders/                 the teacher rendered once for --renders samples (resumable)
@@ -22,7 +25,6 @@ its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,19 +98,20 @@ class Quickstart:
         return {}
 
     def train(self) -> dict[str, Any]:
+        from nerfgan.student.run_dir import clear_run_dir
         from nerfgan.student.train import Trainer, train_preset
         from nerfgan.teacher.checkpoint import load_teacher
 
         run = self.out / "run"
+        if self.force:
+            clear_run_dir(run, "--force")
         resume = (run / "train_state.safetensors").is_file()
-        if self.force and run.exists() and not resume:
-            shutil.rmtree(run)
         cfg = train_preset("tiny", eval_every=0, n_eval=8, eval_minutes=(self.minutes / 2,),
                            stage1_steps=QUICKSTART_STAGE1_STEPS)
         teacher = load_teacher(self.out / "teacher.safetensors", device=self.device)
-        trainer = Trainer(cfg, teacher, run, renders=str(self.out / "renders"), resume=resume and not self.force,
-                          device=self.device)
-        rows = trainer.run(minutes=self.minutes)
+        with Trainer(cfg, teacher, run, renders=str(self.out / "renders"), resume=resume, device=self.device,
+                     resume_hint="run the same quickstart command again (without --force) to continue") as trainer:
+            rows = trainer.run(minutes=self.minutes)
         last = rows[-1]
         self.echo(f"  held-out PSNR after {trainer.step} steps: {last['psnr_hr']:.2f} dB (128 px), "
                   f"{last['psnr_lr']:.2f} dB (64 px)")
@@ -186,8 +189,23 @@ class Quickstart:
         return {}
 
     # --- the whole job ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Before any work: DIR can be written, and DIR/run is a folder nerfgan may train into (and, with --force,
+        clear)."""
+        from nerfgan.io import check_writable_dir
+        from nerfgan.student.run_dir import claim_run_dir
+
+        check_writable_dir(self.out, "quickstart folder")
+        claim_run_dir(self.out / "run", "--force" if self.force else "-o")
+
     def run(self, extra: dict[str, Callable[[], dict[str, Any]]] | None = None) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.check()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from nerfgan.errors import OutputError
+
+            raise OutputError(f"-o {self.out}: cannot make the folder ({e.strerror or e})") from None
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "teacher": self.teacher, "renders": self.renders, "train": self.train, "calibrate": self.calibrate,
             "export": self.export, "images": self.images, "parity": self.parity, "score": self.score,

@@ -13,33 +13,52 @@ One step (global batch B, split over the processes of a torchrun job):
 Which samples a step uses depends only on (seed, step), so a resumed run sees exactly the data
 an uninterrupted one would; with the saved weights, EMA, discriminator and optimizer states it
 ends with the same weights. Training time (``--minutes``) excludes evaluation and checkpoints.
+
+The run folder (RUN_DIR) belongs to one run at a time: a lock file (a second training into it fails
+at once), an owner file (a folder holding files nerfgan did not write is refused; runs from before
+the owner file are recognised by their train state or config), no file written through a symbolic
+link. A fresh run starts metrics.jsonl and eval/ anew; a resumed one drops the metrics rows past its
+checkpoint, so every step has at most one row. The held-out set is cached with the settings it was
+rendered for (seed, n, poses, teacher digest and config) and rendered again when they differ.
+SIGINT / SIGTERM stop the run between two steps with a checkpoint (TrainingInterrupted, exit code
+128 + signal); a second Ctrl-C stops at once without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import os
+import signal
+import stat
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from nerfgan.errors import ConfigError, UsageError
+from nerfgan.errors import CheckpointError, ConfigError, OutputError, UsageError
+from nerfgan.io import atomic_path, check_writable_dir, folder_lock, mark_dir, save_png, to_uint8
 from nerfgan.sampling import PoseDistribution, draw
 from nerfgan.student.checkpoint import load_train_state, save_student, save_train_state
 from nerfgan.student.config import StudentConfig, student_preset
 from nerfgan.student.discriminator import Discriminator
 from nerfgan.student.generator import StudentGenerator
+from nerfgan.student.run_dir import (EVAL_DIR, HELD_OUT_FORMAT, NOFOLLOW, RUN_KIND, TrainingInterrupted, claim_run_dir,
+                                     read_rows, refuse_links, remove_outputs)
 from nerfgan.student.losses import (
     PSNR_CAP_DB, ReconstructionWeights, d_logistic, g_nonsaturating, psnr, r1_penalty, reconstruction_loss, ssim,
 )
-from nerfgan.teacher.checkpoint import read_safetensors, write_safetensors
+from nerfgan.teacher.checkpoint import read_safetensors, weights_digest, write_safetensors
 from nerfgan.teacher.config import TeacherConfig
+from nerfgan.teacher.identity import TEACHER_KEY
 from nerfgan.teacher.generator import EG3D
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out samples come from seed + this: other z and other poses
@@ -183,8 +202,6 @@ def evaluate(student: StudentGenerator, held_out: Batch, chunk: int = 8) -> dict
 @torch.no_grad()
 def comparison_grid(student: StudentGenerator, held_out: Batch, n: int = 4) -> np.ndarray:
     """uint8 (n*H, 3*W, 3): rows of teacher | student | |difference| (difference x2, white = 1)."""
-    from nerfgan.io import to_uint8
-
     out = student(held_out["w"][:n], held_out["c"][:n]).image.clamp(-1, 1)
     teacher = held_out["image"][:n].clamp(-1, 1)
     diff = (out - teacher).abs() - 1  # |d| in [0, 2] -> [-1, 1]
@@ -213,16 +230,38 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
 
 
 class Trainer:
-    """Owns the models, optimizers and run directory; ``run(steps=..., minutes=...)`` trains."""
+    """Owns the models, optimizers and run directory; ``run(steps=..., minutes=...)`` trains.
+
+    The run folder's lock is held from construction until ``close()``, which ``run()`` calls when it ends (a
+    later ``run()`` takes the lock again); also a context manager.
+    """
 
     def __init__(self, cfg: TrainConfig, teacher: EG3D, run_dir: str | os.PathLike[str], renders: str | None = None,
-                 resume: bool = False, device: str | torch.device = "cpu", progress: bool = True) -> None:
+                 resume: bool = False, device: str | torch.device = "cpu", progress: bool = True,
+                 resume_hint: str = "run the same command with --resume to continue") -> None:
         self.cfg, self.teacher, self.progress = cfg, teacher.eval().requires_grad_(False), progress
         self.run_dir = Path(run_dir)
+        self.resume_hint = resume_hint  # the end of the line printed when a signal stops the run
         self.device = torch.device(device)
         self.rank, self.world = _dist_info()
         if cfg.batch_size % self.world:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {self.world} processes")
+        self._lock = contextlib.ExitStack()
+        self._holds_lock = False
+        self._signal = 0  # set by the signal handler during run(), read between steps
+        self._last_row: dict[str, Any] | None = None  # the last metrics row written (one row per step)
+        try:
+            self._open_run_dir(resume)
+            self._build(renders)
+            self.teacher_sha256 = weights_digest(self.teacher)  # recorded in every student file and train state
+            self._setup_run_dir(resume)
+            self.held_out: Batch = self._held_out() if self.rank == 0 else {}
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, renders: str | None) -> None:
+        cfg, teacher = self.cfg, self.teacher
         torch.manual_seed(cfg.seed)
         scfg = cfg.student_config(teacher.config)
         self.G = StudentGenerator.from_teacher(scfg, teacher).to(self.device).train()
@@ -246,69 +285,170 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.evaluated_marks: list[float] = []
-        self._setup_run_dir(resume)
-        self.held_out: Batch = self._held_out() if self.rank == 0 else {}
 
     # --- run directory ------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
         return self.run_dir / "train_state.safetensors"
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _open_run_dir(self, resume: bool) -> None:
+        """Before any long work: the folder may be a run folder, the run can start, and this process holds it."""
+        if resume and not self.state_path.is_file():
+            raise UsageError(f"--resume: {self.state_path} does not exist (nothing to resume)")
+        if self.rank != 0:
+            return
+        claim_run_dir(self.run_dir)
+        refuse_links(self.run_dir)
+        check_writable_dir(self.run_dir, "run folder")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"--out {self.run_dir}: cannot make the run folder ({e.strerror or e})") from None
+        self._acquire()  # a run in progress here is reported as such, whatever it has written so far
+        claim_run_dir(self.run_dir)  # again, now that no other run can be changing it
+        if not resume:
+            self._check_fresh()
+        mark_dir(self.run_dir, RUN_KIND)
+
+    def _check_fresh(self) -> None:
+        if self.state_path.exists():
+            raise UsageError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another "
+                             "--out")
+        student = self.run_dir / "student.safetensors"
+        if student.exists():  # its train state was removed: a finished student, which a new run would replace
+            raise UsageError(f"{self.run_dir} holds a student from an earlier run ({student.name}, no train state to "
+                             "resume); move it away or choose another --out")
+
+    def _acquire(self) -> None:
+        if self.rank == 0 and not self._holds_lock:
+            self._lock.enter_context(folder_lock(self.run_dir, what="run folder", wait=False))
+            self._holds_lock = True
+
+    def close(self) -> None:
+        """Release the run folder's lock (another process may then train into it)."""
+        self._lock.close()
+        self._holds_lock = False
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _setup_run_dir(self, resume: bool) -> None:
         cfg_path = self.run_dir / "config.json"
         meta = {"train": json.loads(self.cfg.to_json()), "student": json.loads(self.G.config.to_json())}
         if resume:
-            if not self.state_path.exists():
-                raise UsageError(f"--resume: {self.state_path} does not exist (nothing to resume)")
-            saved = json.loads(cfg_path.read_text())
+            try:
+                saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise UsageError(f"--resume: {cfg_path} is missing or unreadable ({e})") from None
             if saved != meta:
-                diff = sorted(k for k in saved["train"] if saved["train"][k] != meta["train"].get(k))
+                diff = sorted(k for k in saved.get("train", {}) if saved["train"][k] != meta["train"].get(k))
                 raise UsageError(f"--resume: {cfg_path} was written with other settings ({', '.join(diff) or 'student'})")
+            _, state_meta = read_safetensors(self.state_path, "training state", with_tensors=False)
+            try:
+                recorded = json.loads(state_meta.get("info", "{}")).get("teacher_weights_sha256")
+            except (ValueError, AttributeError):
+                raise CheckpointError(f"{self.state_path}: training state info is not valid JSON") from None
+            if recorded is not None and recorded != self.teacher_sha256:
+                raise UsageError(f"--resume: {self.run_dir} was trained from another teacher (teacher weights sha256 "
+                                 f"{recorded[:16]}..., the given teacher's is {self.teacher_sha256[:16]}...); "
+                                 "give the same --teacher")
             info = load_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
                                     {"opt_g": self.opt_g, "opt_d": self.opt_d})
             self.step, self.train_seconds = int(info["step"]), float(info["train_seconds"])
             self.evaluated_marks = list(info.get("evaluated_marks", []))
-        elif self.state_path.exists():
-            raise UsageError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            from nerfgan.io import atomic_path
+        if self.rank != 0:
+            return
+        if resume:
+            self._truncate_metrics()
+        else:  # what an earlier run left without a checkpoint belongs to no run that can continue
+            remove_outputs(self.run_dir, ("metrics.jsonl", "replicas.json"))
+        with atomic_path(cfg_path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
 
-            with atomic_path(cfg_path) as tmp:
-                tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    def _truncate_metrics(self) -> None:
+        """Keep the rows of steps up to the checkpoint's (those after it are logged again as the run repeats them)."""
+        if not self.metrics_path.exists():
+            return
+        rows = read_rows(self.metrics_path)
+        keep = [r for r in rows if r["step"] <= self.step]
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        if text != self.metrics_path.read_text(encoding="utf-8"):
+            with atomic_path(self.metrics_path) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+        self._last_row = keep[-1] if keep else None
+
+    def _held_out_settings(self) -> str:
+        scfg = self.G.config
+        return json.dumps({"seed": self.cfg.seed + EVAL_SEED_OFFSET, "n": self.cfg.n_eval,
+                           "pose": asdict(self.cfg.pose), "teacher_weights_sha256": self.teacher_sha256,
+                           "teacher_config": json.loads(self.teacher.config.to_json()),
+                           "resolution": scfg.resolution, "img_resolution": scfg.img_resolution}, sort_keys=True)
 
     def _held_out(self) -> Batch:
-        """Fixed held-out (z, pose) samples rendered by the teacher once, cached in the run dir."""
+        """Fixed held-out (z, pose) samples rendered by the teacher once, cached in the run dir with their settings."""
         path = self.run_dir / "held_out.safetensors"
-        if path.exists():
-            tensors, _ = read_safetensors(path, "held-out set")
-            return {k: v.to(self.device) for k, v in tensors.items()}
+        settings = self._held_out_settings()
+        if path.is_file() and not path.is_symlink():
+            try:
+                tensors, meta = read_safetensors(path, "held-out set")
+            except CheckpointError:
+                tensors, meta = {}, {}
+            if meta.get("format") == HELD_OUT_FORMAT and meta.get("settings") == settings:
+                return {k: v.to(self.device) for k, v in tensors.items()}
         idx = np.arange(self.cfg.n_eval)
         batch = teacher_batch(self.teacher, self.cfg.seed + EVAL_SEED_OFFSET, idx, self.cfg.pose)
-        if self.rank == 0:
-            write_safetensors(path, batch)
+        write_safetensors(path, batch, {"format": HELD_OUT_FORMAT, "settings": settings})
         return batch
 
     def checkpoint(self) -> None:
         if self.rank != 0:
             return
-        info = {"step": self.step, "train_seconds": self.train_seconds, "evaluated_marks": self.evaluated_marks}
+        refuse_links(self.run_dir)
+        info = {"step": self.step, "train_seconds": self.train_seconds, "evaluated_marks": self.evaluated_marks,
+                "teacher_weights_sha256": self.teacher_sha256}
         save_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
                          {"opt_g": self.opt_g, "opt_d": self.opt_d}, info)
-        save_student(self.G_ema, self.run_dir / "student.safetensors", extra={"step": str(self.step)})
+        save_student(self.G_ema, self.run_dir / "student.safetensors",
+                     extra={"step": str(self.step), TEACHER_KEY: self.teacher_sha256})
 
-    def log_eval(self) -> dict[str, float]:
-        """Evaluate the EMA student on the held-out set (rank 0 only; other ranks return {})."""
+    def _append_row(self, row: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl, never through a symbolic link."""
+        path = self.metrics_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                refuse_links(self.run_dir)
+            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OutputError(f"{path}: not a regular file; nerfgan writes metrics only to a plain file")
+            f.write(json.dumps(row) + "\n")
+
+    def log_eval(self) -> dict[str, Any]:
+        """Evaluate the EMA student on the held-out set (rank 0 only; other ranks return {}).
+
+        At most one row per step: a step already logged (by this run, or before the checkpoint it resumed from)
+        returns that row again.
+        """
         if self.rank != 0:
             return {}
+        if self._last_row is not None and self._last_row["step"] == self.step:
+            return self._last_row
         metrics = evaluate(self.G_ema, self.held_out)
         row = {"step": self.step, "train_minutes": self.train_seconds / 60, "images": self.step * self.cfg.batch_size,
                **metrics}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        from nerfgan.io import save_png
-
-        save_png(self.run_dir / "eval" / f"step-{self.step:07d}.png", comparison_grid(self.G_ema, self.held_out))
+        self._append_row(row)
+        self._last_row = row
+        refuse_links(self.run_dir)
+        save_png(self.run_dir / EVAL_DIR / f"step-{self.step:07d}.png", comparison_grid(self.G_ema, self.held_out))
         return row
 
     # --- one step -----------------------------------------------------------------------------------
@@ -366,32 +506,71 @@ class Trainer:
         return logs
 
     # --- loop ---------------------------------------------------------------------------------------
-    def _should_stop(self, steps: int | None, minutes: float | None) -> bool:
-        stop = (steps is not None and self.step >= steps) or (minutes is not None and self.train_seconds >= minutes * 60)
-        if self.world > 1:  # rank 0's clock decides, so every process stops at the same step
-            flag = torch.tensor([int(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+    def _stop_state(self, steps: int | None, minutes: float | None) -> tuple[bool, int]:
+        """(the run is done, the signal that asks it to stop or 0), the same on every process."""
+        done = ((steps is not None and self.step >= steps)
+                or (minutes is not None and self.train_seconds >= minutes * 60))
+        signum = self._signal
+        if self.world > 1:  # rank 0's clock decides when the run is done; a signal to any process stops all
+            flag = torch.tensor([int(done) if self.rank == 0 else 0, signum], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            done, signum = bool(flag[0].item()), int(flag[1].item())
+        return done, signum
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM set a flag the loop reads between steps (the handler writes nothing); a second SIGINT
+        raises KeyboardInterrupt at once. Only the main thread can install handlers; the previous ones come back."""
+        self._signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._signal and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = self._signal or signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
 
     def _due_marks(self) -> list[float]:
         done = set(self.evaluated_marks)
         return [m for m in self.cfg.eval_minutes if m not in done and self.train_seconds >= m * 60]
 
-    def run(self, steps: int | None = None, minutes: float | None = None) -> list[dict[str, float]]:
-        """Train until ``steps`` total steps or ``minutes`` of training time; returns the evaluation rows."""
+    def run(self, steps: int | None = None, minutes: float | None = None) -> list[dict[str, Any]]:
+        """Train until ``steps`` total steps or ``minutes`` of training time; returns the evaluation rows.
+
+        SIGINT / SIGTERM stop it after the current step with a checkpoint and raise TrainingInterrupted. The run
+        folder's lock is released when it returns or raises.
+        """
         if steps is None and minutes is None:
             raise UsageError("give --steps or --minutes")
+        try:
+            self._acquire()
+            with self._stop_on_signals():
+                return self._run(steps, minutes)
+        finally:
+            self.close()
+
+    def _run(self, steps: int | None, minutes: float | None) -> list[dict[str, Any]]:
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         rows = []
         if self.step == 0 and self.rank == 0 and (self.cfg.eval_every or 0.0 in self.cfg.eval_minutes):
             rows.append(self.log_eval())
-            if 0.0 in self.cfg.eval_minutes:
+            if 0.0 in self.cfg.eval_minutes and 0.0 not in self.evaluated_marks:
                 self.evaluated_marks.append(0.0)
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress or self.rank != 0, unit="step",
                    dynamic_ncols=True)
-        while not self._should_stop(steps, minutes):
+        while True:
+            done, signum = self._stop_state(steps, minutes)
+            if done or signum:
+                break
             t0 = time.perf_counter()
             logs = self.train_step()
             dt = time.perf_counter() - t0
@@ -411,6 +590,12 @@ class Trainer:
             if self.step % self.cfg.ckpt_every == 0:
                 self.checkpoint()
         bar.close()
+        if signum and not done:
+            self.checkpoint()
+            name = signal.Signals(signum).name
+            raise TrainingInterrupted(signum, f"interrupted by {name} at step {self.step}: checkpoint written to "
+                                              f"{self.state_path} (student: {self.run_dir / 'student.safetensors'}); "
+                                              f"{self.resume_hint}")
         if self.rank == 0 and (not rows or rows[-1]["step"] != self.step):
             rows.append(self.log_eval())
         self.checkpoint()
@@ -438,8 +623,6 @@ class Trainer:
             dist.all_gather(gathered, mine)
             digests = [bytes(g.cpu().tolist()).hex() for g in gathered]
         if self.rank == 0:
-            from nerfgan.io import atomic_path
-
             with atomic_path(self.run_dir / "replicas.json") as tmp:
                 tmp.write_text(json.dumps({"step": self.step, "world_size": self.world, "sha256": digests}, indent=1))
         if len(set(digests)) != 1:
