@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from nerfgan.errors import NerfganError, UsageError
+from nerfgan.io import check_writable
 
 
 def _device(name: str) -> str:
@@ -26,6 +27,7 @@ def _device(name: str) -> str:
     return name
 
 
+SEED = click.IntRange(0, 2**32 - 1)  # numpy RandomState seeds, as upstream
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to run.")
 
@@ -91,6 +93,8 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
     from nerfgan.teacher.config import TeacherConfig
     from nerfgan.teacher.upstream_pickle import read_upstream_snapshot
 
+    if not dry_run:
+        check_writable(output, "teacher file")
     snap = read_upstream_snapshot(checkpoint, which=which)
     try:
         config = TeacherConfig.from_upstream(snap.init_kwargs, snap.neural_rendering_resolution, source=checkpoint)
@@ -110,7 +114,7 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
 @teacher.command("render")
 @click.option("--ckpt", default="tiny", show_default=True,
               help="TEACHER.safetensors, or the name of a built-in teacher ('tiny': EG3D fitted to nerfgan's scene family).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view; +yaw moves the camera to the subject's "
                    "left (world +x), +pitch moves it up. Radius defaults to the checkpoint's.")
@@ -133,6 +137,8 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
     for path in [output] + ([depth] if depth else []):
         if not path.lower().endswith(".png"):
             raise UsageError(f"{path}: output must be a .png file")
+        if not dry_run:
+            check_writable(path, "image")
     model = load_teacher(ckpt, device=_device(device))
     if dry_run:
         c, c_cond = cameras_for(model, yaw, pitch, radius, fov)
@@ -152,7 +158,7 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
 @click.option("--teacher", "teacher_path", required=True,
               help="TEACHER.safetensors, or the name of a built-in teacher ('tiny').")
 @click.option("--n", "n", type=int, required=True, help="Number of samples in the set (a larger --n extends a set).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample set (sample i depends on (seed, i) only).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sample set (sample i depends on (seed, i) only).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="RENDERS_DIR: the render set directory (created, or resumed when it holds the same set).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Samples per teacher call.")
@@ -207,7 +213,7 @@ def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_siz
 @click.option("--eval-minutes", default=None, help="Also evaluate at these training minutes, e.g. 0,1,2,5,10,20.")
 @click.option("--ckpt-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
 @click.option("--n-eval", type=click.IntRange(1), default=None, help="Held-out samples for PSNR/SSIM.")
-@click.option("--seed", type=int, default=None, help="Seed of the sample stream and initialisation.")
+@click.option("--seed", type=SEED, default=None, help="Seed of the sample stream and initialisation.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @DEVICE
 def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, refresh: float | None, steps: int | None,
@@ -283,17 +289,21 @@ def _batch_triple(text: str) -> tuple[int, int, int]:
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors.")
 @click.option("--n", "n", type=click.IntRange(1), default=256, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CALIB.npz to write.")
-@click.option("--seed", type=int, default=1, show_default=True,
+@click.option("--seed", type=SEED, default=1, show_default=True,
               help="Seed of the samples (training pose distribution). Training draws seed 0 by default: another "
                    "seed keeps the INT8 gate on samples the student never saw.")
 @click.option("--renders", type=click.Path(file_okay=False), default=None,
               help="Take the first N samples of this teacher render set instead of rendering (its seed).")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Samples per teacher call.")
-def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int) -> None:
+@click.option("--allow-other-teacher", is_flag=True,
+              help="Calibrate even when the student records another teacher's weights (the file says so).")
+def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int,
+              allow_other_teacher: bool) -> None:
     """Store the student's ONNX inputs and the teacher's renders for N samples (INT8 calibration and its gate)."""
     from nerfgan.calibrate.calibset import load_calibration_set, make_calibration_set
 
-    make_calibration_set(teacher_path, ckpt, n, output, seed=seed, renders=renders, batch_size=batch_size, progress=True)
+    make_calibration_set(teacher_path, ckpt, n, output, seed=seed, renders=renders, batch_size=batch_size, progress=True,
+                         allow_other_teacher=allow_other_teacher)
     cs = load_calibration_set(output)
     click.echo(f"wrote {output}: {len(cs)} samples ({cs.meta['source']}, seed {cs.meta['seed']})")
 

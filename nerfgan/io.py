@@ -182,8 +182,8 @@ def claim_dir(path: str | os.PathLike[str], kind: str, option: str, recognise: C
     """Check that nerfgan may write the folder ``path`` as a ``kind`` artifact, before any work.
 
     Allowed: a missing folder, an empty one, or one nerfgan made for the same ``kind`` (its OWNER_FILE, or
-    ``recognise(path)`` for folders from before the owner file). Anything else raises UsageError naming
-    ``option``; nothing is touched. The caller writes the owner file with mark_dir.
+    ``recognise(path)`` for folders from before the owner file). Anything else raises OutputError (exit 1)
+    naming ``option``; nothing is touched. The caller writes the owner file with mark_dir.
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -200,7 +200,7 @@ def claim_dir(path: str | os.PathLike[str], kind: str, option: str, recognise: C
     if owner == kind or (owner is None and recognise is not None and recognise(p)):
         return p
     what = f"a nerfgan {owner}" if owner else "files nerfgan did not write"
-    raise UsageError(f"{option} {p}: the folder holds {what}; give an empty or new folder, or one made by nerfgan "
+    raise OutputError(f"{option} {p}: the folder holds {what}; give an empty or new folder, or one made by nerfgan "
                      f"for the same purpose ({kind}) - nothing was changed")
 
 

@@ -51,8 +51,11 @@ def _geometry_scores(mask: np.ndarray, depth: np.ndarray, gt_mask: np.ndarray, g
 
 def score(teacher: str, n: int = 32, seed: int = 12345, engine: str | os.PathLike[str] | None = None,
           precision: str | None = None, device: str = "cpu", batch: int = 4,
-          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Render n held-out samples through the family, the teacher (and the engine); returns the report."""
+          progress: Callable[[int], None] | None = None, allow_other_teacher: bool = False) -> dict[str, Any]:
+    """Render n held-out samples through the family, the teacher (and the engine); returns the report.
+
+    An engine distilled from another teacher is refused unless ``allow_other_teacher`` (nerfgan.teacher.identity).
+    """
     import torch
 
     from nerfgan.sampling import PoseDistribution, draw
@@ -71,10 +74,14 @@ def score(teacher: str, n: int = 32, seed: int = 12345, engine: str | os.PathLik
     g = None
     if engine is not None:
         import nerfgan.runtime as nr
-        from nerfgan.runtime.parity import check_same_teacher
+        from nerfgan.runtime.parity import check_engine_teacher
 
         g = nr.load(engine, precision=precision)
-        check_same_teacher(model.config.to_json(), g.student.metadata, str(engine), str(teacher))
+        try:
+            teacher_check = check_engine_teacher(model, g, str(engine), str(teacher), allow_other_teacher)
+        except BaseException:
+            g.close()
+            raise
     r = model.config.rendering
     s = draw(seed, range(n), PoseDistribution(), r.avg_camera_radius, r.avg_camera_pivot, model.config.z_dim)
     keys = ("image", "raw", "mask", "depth", "gt_image", "gt_raw", "gt_mask", "gt_depth", "e_image", "e_raw")
@@ -115,6 +122,7 @@ def score(teacher: str, n: int = 32, seed: int = 12345, engine: str | os.PathLik
         vs = {"psnr_image_vs_teacher": np.minimum(psnr(a["e_image"], a["image"]), PSNR_CAP_DB),
               "psnr_image_raw_vs_teacher": np.minimum(psnr(a["e_raw"], a["raw"]), PSNR_CAP_DB)}
         report["engine"] = {"path": str(engine), "backend": g.backend, "precision": g.precision,
+                            "teacher_check": teacher_check,
                             **{k: float(np.mean(v)) for k, v in {**ep, **vs}.items()},
                             "mask_iou": None, "depth_abs_rel": None}
         for j, row in enumerate(samples):
@@ -133,6 +141,9 @@ def summary(report: dict[str, Any]) -> str:
         dep = "-" if r["depth_abs_rel"] is None else f"{r['depth_abs_rel']:.4f}"
         lines.append(f"{name:<8} {r['psnr_image']:>11.2f} {r['psnr_image_raw']:>9.2f} {r['ssim_image']:>6.3f} "
                      f"{iou:>9} {dep:>10}")
+    note = report.get("engine", {}).get("teacher_check", {}).get("note")
+    if note:
+        lines.append(f"note: {note}")
     lines.append(f"(n={report['n']}, seed={report['seed']}; targets for the teacher: image PSNR >= "
                  f"{TARGETS['psnr_image']:.0f} dB, mask IoU >= {TARGETS['mask_iou']})")
     return "\n".join(lines)

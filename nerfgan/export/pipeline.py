@@ -88,7 +88,8 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export, validate and install everything ``config`` asks for; returns the manifest."""
     from nerfgan.io import existing_file, file_sha256
-    from nerfgan.student.checkpoint import load_student
+    from nerfgan.student.checkpoint import load_student, read_student_metadata
+    from nerfgan.teacher.identity import TEACHER_KEY
 
     ckpt_path = existing_file(ckpt, "student checkpoint")
     out = check_destinations(ckpt_path, out_dir, config)
@@ -106,6 +107,7 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
     if calib is not None and calib.meta.get("teacher_config") != json.loads(student.config.teacher.to_json()):
         raise InputFileError(f"{config.calib}: calibrated for another teacher config than {ckpt_path}'s")
     sha = file_sha256(ckpt_path)
+    teacher = read_student_metadata(ckpt_path).get(TEACHER_KEY)  # the teacher it was distilled from, if recorded
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -116,13 +118,13 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
             if legacy.is_dir() and not legacy.is_symlink():
                 shutil.rmtree(legacy, ignore_errors=True)
         with atomic_dir(out / "staging") as stage:
-            artifacts = _make_all(student, sha, stage, config, calib, log)
+            artifacts = _make_all(student, sha, teacher, stage, config, calib, log)
             misses = [c for a in artifacts for c in a.checks if not c.ok]
             if misses:
                 from nerfgan.export.validate import raise_on_misses
 
                 raise_on_misses(misses)
-            manifest = _manifest(artifacts, stage, ckpt_path, sha, student, config)
+            manifest = _manifest(artifacts, stage, ckpt_path, sha, teacher, student, config)
             if config.triton:
                 _triton(config, stage, artifacts, student, log)
             _install(out, stage, artifacts, manifest)
@@ -210,7 +212,7 @@ def _listed_files(out: Path) -> dict[str, str | None]:
     return files
 
 
-def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
+def _make_all(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any,
               log: Callable[[str], None]) -> list[Artifact]:
     from nerfgan.export import validate as V
     from nerfgan.export.to_onnx import artifact_metadata, export_onnx, graph_for, specs_for, write_metadata
@@ -221,22 +223,22 @@ def _make_all(student: Any, sha: str, stage: Path, config: ExportConfig, calib: 
     for kind in ("mapping", "student"):
         name = f"{kind}.onnx"
         export_onnx(student, kind, stage / name, config.opset)
-        write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.batch))
+        write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.batch, teacher))
         feeds = V.validation_feeds(student, specs[kind], config.validate_batches, config.validate_seed)
         reference[kind] = feeds, V.run_reference(V.torch_runner(graph_for(student, kind), specs[kind]), feeds)
         results = V.run_pair(reference[kind][1], V.onnx_runner(stage / name), feeds)
         artifacts.append(Artifact(name, kind, "fp32", "onnx", V.check_fp32(name, results, specs[kind], config.fp32_atol)))
         _log_checks(artifacts[-1], log)
     if config.fp16:
-        artifacts.append(_fp16(student, sha, stage, config, reference["student"], log))
+        artifacts.append(_fp16(student, sha, teacher, stage, config, reference["student"], log))
     if config.int8:
-        artifacts.append(_int8(student, sha, stage, config, calib, log))
+        artifacts.append(_int8(student, sha, teacher, stage, config, calib, log))
     if config.trt:
         artifacts += _plans(student, stage, config, [a for a in artifacts if a.format == "onnx"], log)
     return artifacts
 
 
-def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, reference: tuple[list[dict[str, Any]], Any],
+def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, reference: tuple[list[dict[str, Any]], Any],
           log: Callable[[str], None]) -> Artifact:
     """student_fp16.onnx, judged against the float32 PyTorch outputs ``reference`` = (feeds, results)."""
     import onnx
@@ -249,7 +251,7 @@ def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, reference: 
     name = "student_fp16.onnx"
     model, kept, total = to_fp16(onnx.load(str(stage / "student.onnx")))
     onnx.save(model, str(stage / name))
-    write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.batch))
+    write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.batch, teacher))
     feeds, reference_results = reference
     results = V.run_pair(reference_results, V.onnx_runner(stage / name), feeds)
     a = Artifact(name, "student", "fp16", "onnx", V.check_psnr_vs_reference(name, results, spec, config.fp16_min_psnr),
@@ -258,7 +260,7 @@ def _fp16(student: Any, sha: str, stage: Path, config: ExportConfig, reference: 
     return a
 
 
-def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
+def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
     from nerfgan.calibrate.int8 import quantize
     from nerfgan.export import validate as V
     from nerfgan.metrics import mean_psnr
@@ -269,7 +271,7 @@ def _int8(student: Any, sha: str, stage: Path, config: ExportConfig, calib: Any,
     name = "student_int8.onnx"
     backend, excluded = quantize(stage / "student.onnx", stage / name, calib.student_inputs(), config.int8_exclude,
                                  config.int8_backend)
-    meta = artifact_metadata(student, "student", "int8", sha, config.batch)
+    meta = artifact_metadata(student, "student", "int8", sha, config.batch, teacher)
     meta["nerfgan.calibration_sha256"] = file_sha256(calib.path)
     write_metadata(stage / name, meta)
     inputs = calib.student_inputs()
@@ -329,14 +331,14 @@ def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:
         log(f"{'ok  ' if c.ok else 'MISS'} {c.describe()}")
 
 
-def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, student: Any, config: ExportConfig) -> dict[str, Any]:
+def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, teacher: str | None, student: Any, config: ExportConfig) -> dict[str, Any]:
     from nerfgan.export.to_onnx import specs_for
     from nerfgan.io import file_sha256
 
     specs = specs_for(student)
     return {
         "format": S.MANIFEST_FORMAT, "nerfgan_version": nerfgan.__version__,
-        "checkpoint": {"path": str(ckpt), "sha256": sha},
+        "checkpoint": {"path": str(ckpt), "sha256": sha}, "teacher_weights_sha256": teacher,
         "student_config": json.loads(student.config.to_json()),
         "export_config": json.loads(config.to_json()),
         "artifacts": [{"file": a.file, "kind": a.kind, "precision": a.precision, "format": a.format,

@@ -90,8 +90,9 @@ def export_onnx(student: StudentGenerator, kind: str, path: str | os.PathLike[st
 
 
 def artifact_metadata(student: StudentGenerator, kind: str, precision: str, checkpoint_sha256: str,
-                      batch: tuple[int, int, int]) -> dict[str, str]:
-    """The metadata_props every exported file carries (keys in nerfgan.runtime.spec)."""
+                      batch: tuple[int, int, int], teacher_digest: str | None = None) -> dict[str, str]:
+    """The metadata_props every exported file carries (keys in nerfgan.runtime.spec); ``teacher_digest``: the
+    student checkpoint's record of its teacher (nerfgan.teacher.identity), left out when it has none."""
     r = student.config.teacher.rendering
     from nerfgan import camera
 
@@ -107,6 +108,7 @@ def artifact_metadata(student: StudentGenerator, kind: str, precision: str, chec
         S.META_CHECKPOINT: checkpoint_sha256,
         S.META_IO: specs_for(student)[kind].to_json(),
         S.META_BATCH: json.dumps(list(batch)),
+        **({S.META_TEACHER: teacher_digest} if teacher_digest else {}),
     }
 
 

@@ -52,7 +52,7 @@ import numpy as np
 
 import nerfgan
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.io import atomic_path
+from nerfgan.io import atomic_path, check_writable
 from nerfgan.runtime.parity import DEVICES, torch_device_for
 
 TRUNCATION = 0.7
@@ -226,8 +226,11 @@ def bench_engine(label: str, path: str, precision: str | None, batches: Sequence
 
 def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | None] = (),
               batches: Sequence[int] = (1, 4, 16), device: str = "auto", runs: int = 5, warmup: int = 2,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time the teacher and every engine at every batch -> {'machine', 'settings', 'rows', ...} (module docstring)."""
+              log: Callable[[str], None] = print, allow_other_teacher: bool = False) -> dict[str, Any]:
+    """Time the teacher and every engine at every batch -> {'machine', 'settings', 'rows', ...} (module docstring).
+
+    Engines distilled from another teacher are refused before any timing unless ``allow_other_teacher``.
+    """
     if not engines:
         raise UsageError("--engine: give at least one engine")
     if len(precisions) not in (0, 1, len(engines)):
@@ -243,6 +246,7 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
         if not Path(e).exists():
             raise InputFileError(f"{e}: engine not found (expected an export folder, .onnx, .plan or .safetensors)")
     tdev = torch_device_for(device)
+    checks = check_teachers(teacher, engines, precs, device, allow_other_teacher, log)
     rows = bench_teacher(teacher, batches, tdev, runs, warmup, log)
     teacher_ips = {r["batch"]: r["full"]["img_s"] for r in rows}
     for k, (path, prec) in enumerate(zip(engines, precs)):
@@ -256,7 +260,26 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
             "machine": _machine(tdev),
             "settings": {"teacher": teacher, "engines": list(engines), "precisions": precs, "batches": list(batches),
                          "device": device, "runs": runs, "warmup": warmup, "truncation": TRUNCATION},
-            "rows": rows}
+            "teacher_checks": checks, "rows": rows}
+
+
+def check_teachers(teacher: str, engines: Sequence[str], precisions: Sequence[str | None], device: str,
+                   allow_other: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every engine's nerfgan.teacher.identity record against ``teacher``, before anything is timed."""
+    import nerfgan.runtime as nr
+    from nerfgan.runtime.parity import check_engine_teacher
+    from nerfgan.teacher.checkpoint import load_teacher
+
+    model = load_teacher(teacher, device="cpu")
+    checks = []
+    for path, prec in zip(engines, precisions):
+        with nr.load(path, precision=prec, device=device) as g:
+            checks.append(check_engine_teacher(model, g, str(path), teacher, allow_other))
+        if checks[-1].get("note"):
+            log(f"note: {path}: {checks[-1]['note']}")
+    del model
+    gc.collect()
+    return checks
 
 
 def _machine(torch_device: str) -> dict[str, Any]:
@@ -320,11 +343,16 @@ def table_text(result: dict[str, Any]) -> str:
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before them.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the rows to this JSON file.")
+@click.option("--allow-other-teacher", is_flag=True,
+              help="Time engines that record another teacher's weights (the JSON says so).")
 def bench_command(teacher: str, engines: tuple[str, ...], precisions: tuple[str, ...], batch_text: str, device: str,
-                  runs: int, warmup: int, json_path: str | None) -> None:
+                  runs: int, warmup: int, json_path: str | None, allow_other_teacher: bool) -> None:
     """Time the teacher and exported engines: images/s, latency p50/p90, peak memory, speedup per batch."""
     batches = parse_batches(batch_text)
-    result = run_bench(teacher, engines, precisions, batches, device, runs, warmup, log=lambda s: click.echo(s, err=True))
+    if json_path:
+        check_writable(json_path, "--json file")
+    result = run_bench(teacher, engines, precisions, batches, device, runs, warmup,
+                       log=lambda s: click.echo(s, err=True), allow_other_teacher=allow_other_teacher)
     click.echo(table_text(result))
     if json_path:
         with atomic_path(json_path) as tmp:

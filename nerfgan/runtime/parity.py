@@ -43,7 +43,7 @@ import numpy as np
 
 import nerfgan
 from nerfgan import camera
-from nerfgan.errors import ConfigError, NerfganError, UsageError
+from nerfgan.errors import NerfganError, UsageError
 from nerfgan.runtime import DEVICES
 from nerfgan.io import file_sha256
 from nerfgan.metrics import PSNR_CAP_DB, psnr, ssim
@@ -213,28 +213,34 @@ def render_engine(g: Any, samples: Sequence[Sample], w: np.ndarray, chunk: int =
     return {"image": np.concatenate([p["image"] for p in parts]), "rgb": np.concatenate([p["image_raw"] for p in parts])}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+def check_engine_teacher(model: Any, g: Any, engine: str, teacher: str, allow_other: bool = False) -> dict[str, Any]:
+    """nerfgan.teacher.identity.check_same_teacher for a loaded teacher ``model`` and a runtime Generator ``g``."""
+    from nerfgan.teacher.checkpoint import weights_digest
+    from nerfgan.teacher.identity import check_same_teacher
+
+    meta = g.student.metadata
+    return check_same_teacher(teacher=teacher, teacher_config_json=model.config.to_json(),
+                              teacher_digest=weights_digest(model), engine=engine,
+                              engine_config_json=meta.get(S.META_CONFIG), engine_teacher_digest=meta.get(S.META_TEACHER),
+                              allow_other=allow_other)
 
 
-def check_same_teacher(teacher_config_json: str, metadata: dict[str, str], engine: str, teacher: str) -> None:
-    """ConfigError unless the engine's embedded student config names the teacher config given."""
-    try:
-        theirs = json.loads(metadata[S.META_CONFIG])["teacher"]
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{engine}: its metadata has no {S.META_CONFIG} with a teacher config, so it cannot be "
-                          f"checked against --teacher {teacher}") from None
-    ours, theirs = _flatten(json.loads(teacher_config_json)), _flatten(theirs)
-    diff = [f"{k}: engine {theirs.get(k)!r}, teacher {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
-            if ours.get(k) != theirs.get(k)]
-    if diff:
-        raise ConfigError(f"{engine}: was distilled from a different teacher than --teacher {teacher} "
-                          f"({len(diff)} config value(s) differ: {'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})")
+REPORT_KIND = "parity report"  # nerfgan.io owner-file kind of REPORT_DIR
+
+
+def claim_report_dir(out: Path) -> None:
+    """-o REPORT_DIR: missing, empty, or an earlier parity report (owner file, or its report.json); else UsageError."""
+    from nerfgan.io import check_writable_dir, claim_dir
+
+    def recognise(p: Path) -> bool:
+        try:
+            with open(p / "report.json", encoding="utf-8") as f:
+                return f'"format": "{REPORT_FORMAT}"' in f.read(4096)
+        except OSError:
+            return False
+
+    claim_dir(out, REPORT_KIND, "-o", recognise)
+    check_writable_dir(out, "report folder")
 
 
 def torch_device_for(device: str) -> str:
@@ -284,8 +290,13 @@ def compare(samples: Sequence[Sample], pairs: Sequence[tuple[int, int]], t: dict
 def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.PathLike[str], n: int = 64,
                seed: int = 0, truncation: float = 0.7, precision: str | None = None, device: str = "auto",
                min_psnr: float | None = None, min_ssim: float | None = None,
-               max_consistency_gap: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Render, compare and write the report into ``out_dir``; returns the report (see :func:`raise_on_miss`)."""
+               max_consistency_gap: float | None = None, allow_other_teacher: bool = False,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Render, compare and write the report into ``out_dir``; returns the report (see :func:`raise_on_miss`).
+
+    An engine distilled from another teacher is refused unless ``allow_other_teacher`` (nerfgan.teacher.identity);
+    the report's ``teacher_check`` says which.
+    """
     import nerfgan.runtime as nr
     from nerfgan.teacher.checkpoint import (
         BUILTIN_TEACHERS,
@@ -305,10 +316,13 @@ def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.P
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory (-o takes a directory)")
+    claim_report_dir(out)
     torch_device = torch_device_for(device)
     with nr.load(engine, precision=precision, device=device) as g:
         model = load_teacher(teacher, device=torch_device)
-        check_same_teacher(model.config.to_json(), g.student.metadata, str(engine), teacher)
+        teacher_check = check_engine_teacher(model, g, str(engine), teacher, allow_other_teacher)
+        if teacher_check.get("note"):
+            log(f"note: {teacher_check['note']}")
         log(f"rendering {n} teacher views ({torch_device}) and {n} engine views ({g.backend})")
         t = render_teacher(model, samples, truncation)
         e = render_engine(g, samples, t["w"])
@@ -342,7 +356,7 @@ def run_parity(teacher: str, engine: str | os.PathLike[str], out_dir: str | os.P
     missed = [c["metric"] for c in checks if c["passed"] is False]
     report: dict[str, Any] = {
         "format": REPORT_FORMAT, "format_version": "1", "nerfgan_version": nerfgan.__version__,
-        "teacher": teacher_id, "engine": engine_id,
+        "teacher": teacher_id, "engine": engine_id, "teacher_check": teacher_check,
         "settings": {"n": n, "seed": seed, "truncation": truncation, "device": device, "yaws": list(YAWS),
                      "pitches": list(PITCHES), "pair_yaws": list(PAIR_YAWS), "depth_tol": DEPTH_TOL,
                      "psnr_cap_db": PSNR_CAP, "diff_gain": DIFF_GAIN,
@@ -373,19 +387,23 @@ def raise_on_miss(report: dict[str, Any]) -> None:
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True,
               help="Where to run the teacher (PyTorch) and the engine.")
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Number of (seed, pose) samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed; sample i uses seed S + i // 5.")
+@click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,
+              help="First seed; sample i uses seed S + i // 5.")
 @click.option("--truncation", type=float, default=0.7, show_default=True, help="Truncation psi.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="REPORT_DIR to write.")
 @click.option("--min-psnr", type=float, default=None, help="Fail unless the mean final-image PSNR (dB) is at least this.")
 @click.option("--min-ssim", type=float, default=None, help="Fail unless the mean final-image SSIM is at least this.")
 @click.option("--max-consistency-gap", type=float, default=None,
               help="Fail when the teacher's 3D-consistency PSNR exceeds the engine's by more than this (dB).")
+@click.option("--allow-other-teacher", is_flag=True,
+              help="Compare even when the engine records another teacher's weights (the report says so).")
 def parity_command(teacher: str, engine: str, precision: str | None, device: str, n: int, seed: int, truncation: float,
-                   output: str, min_psnr: float | None, min_ssim: float | None, max_consistency_gap: float | None) -> None:
+                   output: str, min_psnr: float | None, min_ssim: float | None, max_consistency_gap: float | None,
+                   allow_other_teacher: bool) -> None:
     """Compare an exported engine with its teacher: PSNR/SSIM per pose, 3D consistency; write REPORT_DIR."""
     report = run_parity(teacher, engine, output, n=n, seed=seed, truncation=truncation, precision=precision,
                         device=device, min_psnr=min_psnr, min_ssim=min_ssim, max_consistency_gap=max_consistency_gap,
-                        log=lambda s: click.echo(s, err=True))
+                        allow_other_teacher=allow_other_teacher, log=lambda s: click.echo(s, err=True))
     click.echo(summary_text(report))
     click.echo(f"wrote {output}: report.json, report.md, grid.png, psnr_vs_yaw.png")
     raise_on_miss(report)

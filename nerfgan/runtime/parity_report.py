@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nerfgan.io import atomic_path, save_png, to_uint8
+from nerfgan.io import atomic_path, mark_dir, save_png, to_uint8
 
 DIFF_GAIN = 4.0  # grid.png: |teacher - engine| * DIFF_GAIN * 127.5, clipped at 255
 GRID_ROWS = 6
@@ -68,6 +68,8 @@ def _markdown(report: dict[str, Any]) -> str:
           f"- engine: `{e['argument']}` ({e['backend']}, {e['precision']}); "
           + ", ".join(f"{k} sha256 `{v['sha256'][:12]}`" for k, v in e["files"].items()),
           f"- teacher: `{t['argument']}` (sha256 `{t['sha256'][:12]}`, {t['device']})",
+          *([f"- **teacher check: {report['teacher_check']['note']}**"]
+            if report.get("teacher_check", {}).get("note") else []),
           f"- {s['n']} samples from seed {s['seed']}, truncation {s['truncation']}, nerfgan {report['nerfgan_version']}",
           f"- verdict: {_verdict(report)}",
           "", "| metric | engine | teacher | threshold | result |", "|---|---|---|---|---|"]
@@ -174,7 +176,10 @@ def _pil_plot(report: dict[str, Any], series: list[tuple[str, str, tuple[int, in
 
 def write_report(out: Path, report: dict[str, Any], teacher: dict[str, np.ndarray], engine: dict[str, np.ndarray]) -> None:
     """grid.png, psnr_vs_yaw.png, report.md, then report.json, each atomically."""
+    from nerfgan.runtime.parity import REPORT_KIND
+
     out.mkdir(parents=True, exist_ok=True)
+    mark_dir(out, REPORT_KIND)
     save_png(out / "grid.png", grid_image(teacher["image"], engine["image"]))
     report["settings"]["plot"] = plot_psnr_vs_yaw(out / "psnr_vs_yaw.png", report)
     with atomic_path(out / "report.md") as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import click
@@ -16,7 +17,8 @@ def scene() -> None:
 
 
 @scene.command("render")
-@click.option("--seed", type=int, default=0, show_default=True, help="Latent seed (numpy RandomState, as `teacher render`).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Latent seed (numpy RandomState, as `teacher render`).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view (+yaw: camera toward the object's left).")
 @click.option("--truncation", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
@@ -40,11 +42,13 @@ def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None
     from nerfgan.scenes.render import render
 
     yaw, pitch, radius = camera.parse_pose(pose_text)
+    from nerfgan.io import check_writable
+
     for path in [output, depth, mask]:
         if path and not path.lower().endswith(".png"):
             raise UsageError(f"{path}: output must be a .png file")
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"--seed: must lie in [0, 2**32), got {seed}")
+        if path:
+            check_writable(path, "image")
     focal = camera.DEFAULT_FOCAL if fov is None else camera.fov_to_focal(fov)
     c = camera.pose(yaw, pitch, radius=camera.DEFAULT_RADIUS if radius is None else radius,
                     pivot=camera.DEFAULT_PIVOT, focal=focal).reshape(1, 25)
@@ -115,18 +119,33 @@ def scene_fit(output: str, seed: int, field_steps: int, sr_samples: int, sr_step
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
 @click.option("--min-psnr", type=float, default=None, help="Exit 1 if the teacher's image PSNR is below this.")
 @click.option("--min-iou", type=float, default=None, help="Exit 1 if the teacher's mask IoU is below this.")
+@click.option("--allow-other-teacher", is_flag=True,
+              help="Score an engine that records another teacher's weights (the report says so).")
 def scene_score(teacher_path: str, engine: str | None, precision: str | None, n: int, seed: int, json_path: str | None,
-                min_psnr: float | None, min_iou: float | None) -> None:
+                min_psnr: float | None, min_iou: float | None, allow_other_teacher: bool) -> None:
     """Score a teacher (and an engine) against the exact ground truth: PSNR, SSIM, mask IoU, depth error."""
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from nerfgan.evaluate.scene_score import score, summary
-    from nerfgan.io import atomic_path
+    from nerfgan.io import atomic_path, check_writable
 
     if json_path and not json_path.lower().endswith(".json"):
         raise UsageError(f"{json_path}: --json must name a .json file")
-    with tqdm(total=n, desc="score", unit="sample", dynamic_ncols=True, leave=False) as bar:
-        report = score(teacher_path, n=n, seed=seed, engine=engine, precision=precision, progress=bar.update)
+    if json_path:
+        check_writable(json_path, "--json report")
+    bars: list[Any] = []  # made at the first sample, after every check: an error stays one line
+
+    def tick(k: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=n, desc="score", unit="sample", dynamic_ncols=True, leave=False))
+        bars[0].update(k)
+
+    try:
+        report = score(teacher_path, n=n, seed=seed, engine=engine, precision=precision, progress=tick,
+                       allow_other_teacher=allow_other_teacher)
+    finally:
+        for bar in bars:
+            bar.close()
     click.echo(summary(report))
     if json_path:
         with atomic_path(json_path) as tmp:

@@ -298,15 +298,28 @@ def metadata(cfg: FitConfig, scene: SceneConfig, seconds: float) -> dict[str, st
 
 
 def fit(out: Path, cfg: FitConfig, scene: SceneConfig | None = None, echo: Callable[[str], None] = print) -> Path:
-    """Run (or resume) a fit into ``out``; returns the path of the fitted ``teacher.safetensors``."""
+    """Run (or resume) a fit into ``out``; returns the path of the fitted ``teacher.safetensors``.
+
+    ``out`` is missing, empty or an earlier fit's folder (else UsageError); one fit at a time holds it (a lock).
+    """
+    from nerfgan.io import check_writable_dir, claim_dir, folder_lock, mark_dir
+
+    scene = scene or SceneConfig()
+    family = SceneFamily(scene)
+    claim_dir(out, "scene fit", "-o", lambda p: (p / "fit_config.json").is_file())  # (fits from before owner files)
+    check_writable_dir(out, "fit folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, what="fit folder", wait=False):
+        mark_dir(out, "scene fit")
+        return _fit(out, cfg, scene, family, echo)
+
+
+def _fit(out: Path, cfg: FitConfig, scene: SceneConfig, family: SceneFamily, echo: Callable[[str], None]) -> Path:
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from nerfgan.student.checkpoint import load_train_state, save_train_state
     from nerfgan.teacher.checkpoint import read_safetensors, save_teacher, write_safetensors
 
-    scene = scene or SceneConfig()
-    family = SceneFamily(scene)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"fit": asdict(cfg), "scene": asdict(scene)}
     cfg_path = out / "fit_config.json"
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(json.dumps(settings)):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import invoke
 from nerfgan.cli import export_main
-from nerfgan.errors import UsageError
+from nerfgan.errors import OutputError
 from nerfgan.export.pipeline import EXPORT_LOCK, ExportConfig, export
 from nerfgan.io import folder_lock
 from nerfgan.runtime.spec import read_manifest
@@ -31,7 +31,7 @@ def test_the_reported_repro_keeps_the_users_folder(tmp_path, tiny_student_path, 
     before = tree(work)
     monkeypatch.chdir(work)
     code, out, err = invoke(export_main, ["--ckpt", "student.safetensors", "-o", "export", "--triton", "."], capsys)
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err  # (a usage error: the overlap)
     assert "--triton" in err and "Traceback" not in err
     assert tree(work) == before and sorted(os.listdir(work)) == ["notes.txt", "student.safetensors"]
 
@@ -54,7 +54,7 @@ def test_a_folder_of_the_users_is_refused_and_untouched(tmp_path, tiny_student_p
     (mine / "student.onnx").write_bytes(b"my own model, not nerfgan's")
     before = tree(mine)
     code, _, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", mine], capsys)
-    assert code == 2 and "-o" in err and "did not write" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "-o" in err and "did not write" in err and len(err.strip().splitlines()) == 1
     assert tree(mine) == before
 
 
@@ -87,7 +87,7 @@ def test_an_export_from_before_owner_files_is_recognised(tmp_path, tiny_student_
     assert (out / ".nerfgan-owner.json").is_file()  # written again
     (out / ".nerfgan-owner.json").unlink()
     (out / "manifest.json").unlink()
-    with pytest.raises(UsageError, match="did not write"):  # mapping.onnx and student.onnx, and nothing says whose
+    with pytest.raises(OutputError, match="did not write"):  # mapping.onnx and student.onnx, and nothing says whose
         export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
 
 

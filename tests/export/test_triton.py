@@ -395,7 +395,7 @@ def test_overwrite_never_touches_what_nerfgan_did_not_write(tmp_path: Path, inpu
             (repo / "student.safetensors").write_bytes(b"weights")
             monkeypatch.chdir(repo)
     before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
-    with pytest.raises(UsageError, match="files nerfgan did not write.*nothing was changed"):
+    with pytest.raises(OutputError, match="files nerfgan did not write.*nothing was changed"):
         write(Path(".") if make == "cwd_with_checkpoint" else repo, inputs, overwrite=True)
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
     assert leftovers(tmp_path) == []
@@ -407,7 +407,7 @@ def test_overwrite_recognises_a_repository_from_before_owner_files(tmp_path: Pat
     write(repo, inputs, overwrite=True)
     (repo / ".nerfgan-owner.json").unlink()
     (repo / "mine.txt").write_text("a file of the user's among the models")
-    with pytest.raises(UsageError, match="did not write"):
+    with pytest.raises(OutputError, match="did not write"):
         write(repo, inputs, overwrite=True)
 
 
