@@ -160,14 +160,18 @@ class OnnxBackend(Backend):
         spec = spec_from_metadata(metadata, p)
         got_in = [i.name for i in self._session.get_inputs()]
         got_out = [o.name for o in self._session.get_outputs()]
-        if sorted(got_in) != sorted(spec.input_names) or sorted(got_out) != sorted(spec.output_names):
+        # The exporter drops an input the graph never reads (the camera c of a student trained without pose
+        # input): the model's inputs may be fewer than the spec's, never others; its outputs are exactly the spec's.
+        if not set(got_in) <= set(spec.input_names) or sorted(got_out) != sorted(spec.output_names):
             raise ConfigError(f"{p}: the model's inputs {got_in} and outputs {got_out} do not match its "
                               f"{S.META_IO} metadata ({spec.input_names} and {spec.output_names})")
+        self._session_inputs = got_in
         super().__init__(p, spec, metadata, max_batch=None)
         self.device = device
         self.name = f"onnxruntime-{device}-{self.precision}"
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: feeds[k] for k in self._session_inputs}  # (checked against the whole spec by infer)
         if self.device == "cuda":
             binding = self._session.io_binding()
             for name, a in feeds.items():

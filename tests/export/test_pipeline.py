@@ -229,3 +229,20 @@ def test_config_refuses_bad_options():
         with pytest.raises(UsageError):
             ExportConfig(**kwargs)
     assert pipeline.ExportConfig().to_json()
+
+
+def test_a_student_without_pose_input_exports_and_loads(tmp_path, builtin_teacher):
+    """The exporter drops the camera input such a student never reads; the runtime still takes (w, c) for it."""
+    import nerfgan.runtime as nr
+    from nerfgan.student.checkpoint import save_student
+    from nerfgan.student.config import student_preset
+    from nerfgan.student.generator import StudentGenerator
+
+    torch.manual_seed(0)
+    cfg = student_preset("tiny", builtin_teacher.config).replace(pose_input=False)
+    path = save_student(StudentGenerator.from_teacher(cfg, builtin_teacher).eval(), tmp_path / "nopose.safetensors")
+    export(path, tmp_path / "out", ExportConfig(), log=lambda s: None)
+    assert [i.name for i in session(tmp_path / "out" / "student.onnx").get_inputs()] == ["w"]
+    with nr.load(tmp_path / "out") as g:
+        left, right = g.render(seeds=0, yaw=[-30, 30])
+    np.testing.assert_array_equal(left, right)  # no pose input: the same picture from every side

@@ -18,6 +18,7 @@ from nerfgan.errors import (
     InputFileError,
     MissingDependencyError,
     NerfganError,
+    OutputError,
     UsageError,
 )
 from nerfgan.export import tensorrt as T
@@ -399,7 +400,7 @@ def test_sidecar_failure_removes_the_plan(monkeypatch: pytest.MonkeyPatch, onnx_
         raise OSError("No space left on device")
 
     monkeypatch.setattr(T.EngineSidecar, "to_json", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="student.plan.json: cannot write .No space left"):
         build(onnx_file)
     assert only(onnx_file.parent) == ["student.onnx"]
 
