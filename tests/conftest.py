@@ -156,3 +156,12 @@ def bounded(extra_bytes: int = 256 << 20, seconds: int = 60) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         signal.signal(signal.SIGALRM, previous)
 
+
+class Reduce:
+    """Pickles as func(*args): the way tests plant arbitrary REDUCE records in hostile pickles."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return self.func, self.args

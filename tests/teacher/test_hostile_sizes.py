@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import bounded, invoke
+from conftest import Reduce, bounded, invoke
 from nerfgan.cli import main
 from nerfgan.errors import CheckpointError, ConfigError
 from nerfgan.teacher.checkpoint import load_teacher
@@ -39,16 +39,6 @@ def one_line(error: pytest.ExceptionInfo, path: Path, *needles: str) -> str:
 
 
 # ---------------------------------------------------------------------------- pickle builders
-
-
-class Reduce:
-    """Pickles as func(*args)."""
-
-    def __init__(self, func: object, *args: object) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple:
-        return self.func, self.args
 
 
 @pytest.fixture

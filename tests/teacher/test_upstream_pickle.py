@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import Reduce
 import torch
 
 from nerfgan.errors import CheckpointError, InputFileError, UsageError
@@ -88,16 +90,6 @@ def legacy_blob(values: np.ndarray, storage_global: bytes = b"ctorch\nFloatStora
            + b"J" + struct.pack("<i", n) + b"Nt" + b"Q.")
     return (pickle.dumps(LEGACY_MAGIC, 2) + pickle.dumps(1001, 2) + pickle.dumps(info, 2) + ref
             + pickle.dumps(["key0"], 2) + struct.pack("<q", n) + values.astype("<f4").tobytes())
-
-
-class Reduce:
-    """Pickles as func(*args): the way to plant arbitrary REDUCE records."""
-
-    def __init__(self, func: object, *args: object) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple:
-        return self.func, self.args
 
 
 @pytest.fixture
