@@ -73,7 +73,8 @@ import torch
 
 import nerfgan
 from nerfgan.errors import CheckpointError, ConfigError, InputFileError, UsageError
-from nerfgan.io import atomic_path, existing_file, file_sha256
+from nerfgan.io import (atomic_path, check_writable_dir, claim_dir, existing_file, file_sha256, folder_lock,
+                        mark_dir)
 from nerfgan.sampling import PoseDistribution, Samples, draw
 from nerfgan.teacher import limits
 from nerfgan.teacher.checked_npz import CheckedNpz
@@ -83,6 +84,7 @@ from nerfgan.teacher.generator import EG3D
 FORMAT = "nerfgan-render-set"
 FORMAT_VERSION = "1"
 INDEX = "index.json"
+RENDER_SET_KIND = "render set"  # nerfgan.io owner-file kind of a render set folder
 RENDER_SETTINGS = {"render_mode": "deterministic", "noise_mode": "const", "truncation_cutoff": None, "fused": False,
                    "cuda_tf32": False, "cudnn_deterministic": True}
 FLOAT16_ARRAYS = ("feature_image", "image_raw", "image")
@@ -190,6 +192,8 @@ def plan_render_set(teacher_path: str | os.PathLike[str], n: int, out_dir: str |
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory (the render set is a directory)")
+    claim_dir(out, RENDER_SET_KIND, "-o", lambda p: (p / INDEX).is_file())  # (sets from before owner files)
+    check_writable_dir(out, "render set folder")
     tpath = resolve_teacher_path(teacher_path)
     meta = read_teacher_metadata(tpath)
     try:
@@ -257,14 +261,26 @@ def _write_index(out: Path, header: dict[str, Any], shards: list[dict[str, Any]]
 def make_render_set(teacher_path: str | os.PathLike[str], n: int, out_dir: str | os.PathLike[str], seed: int = 0,
                     dist: PoseDistribution = PoseDistribution(), shard_size: int = 64, batch_size: int = 4,
                     device: str = "cpu", progress: bool = True) -> Path:
-    """Render samples 0..n-1 of the set ``seed`` with the teacher into ``out_dir`` (resuming what is there)."""
+    """Render samples 0..n-1 of the set ``seed`` with the teacher into ``out_dir`` (resuming what is there).
+
+    ``out_dir`` is missing, empty or a render set (else OutputError); one run at a time holds it (a lock).
+    """
+    plan = plan_render_set(teacher_path, n, out_dir, seed, dist, shard_size, batch_size, device)
+    out = plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, what="render set folder", wait=False):
+        mark_dir(out, RENDER_SET_KIND)
+        plan = plan_render_set(teacher_path, n, out_dir, seed, dist, shard_size, batch_size, device)  # (now locked)
+        return _render(plan, teacher_path, n, seed, dist, batch_size, device, progress)
+
+
+def _render(plan: RenderPlan, teacher_path: str | os.PathLike[str], n: int, seed: int, dist: PoseDistribution,
+            batch_size: int, device: str, progress: bool) -> Path:
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from nerfgan.teacher.checkpoint import load_teacher
 
-    plan = plan_render_set(teacher_path, n, out_dir, seed, dist, shard_size, batch_size, device)
-    out, header = plan.out_dir, plan.header
-    out.mkdir(parents=True, exist_ok=True)
+    out, header, shard_size = plan.out_dir, plan.header, int(plan.header["shard_size"])
     shards = list(plan.keep)
     _write_index(out, header, shards)
     if not plan.todo:

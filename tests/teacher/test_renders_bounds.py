@@ -103,3 +103,20 @@ def test_a_huge_teacher_config_in_the_index_is_refused(tmp_path):
     (d / "index.json").write_text(json.dumps(index))
     with pytest.raises(InputFileError, match=r"z_dim = 100000000 exceeds the limit 1024 \(MAX_Z_DIM\)"):
         RenderSet.open(d)
+
+
+def test_a_render_set_is_never_written_into_a_folder_of_the_users(tmp_path):
+    from nerfgan.errors import OutputError
+    from nerfgan.io import folder_lock
+    from nerfgan.teacher.renders import make_render_set
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.md").write_text("my notes")
+    with pytest.raises(OutputError, match="-o .*did not write"):
+        make_render_set("tiny", 2, mine, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["index.md"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with folder_lock(busy), pytest.raises(OutputError, match="another nerfgan process"):
+        make_render_set("tiny", 2, busy, progress=False)
