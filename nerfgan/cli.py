@@ -157,12 +157,13 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
 @teacher.command("renders")
 @click.option("--teacher", "teacher_path", required=True,
               help="TEACHER.safetensors, or the name of a built-in teacher ('tiny').")
-@click.option("--n", "n", type=int, required=True, help="Number of samples in the set (a larger --n extends a set).")
+@click.option("--n", "n", type=click.IntRange(1, 1_000_000), required=True,
+              help="Number of samples in the set (a larger --n extends a set).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sample set (sample i depends on (seed, i) only).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="RENDERS_DIR: the render set directory (created, or resumed when it holds the same set).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Samples per teacher call.")
-@click.option("--shard-size", type=int, default=64, show_default=True, help="Samples per shard file.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True, help="Samples per teacher call.")
+@click.option("--shard-size", type=click.IntRange(1, 4096), default=64, show_default=True, help="Samples per shard file.")
 @click.option("--yaw-std", type=click.FloatRange(min=0.0), default=20.0, show_default=True,
               help="Standard deviation of the render yaw, degrees (clipped to +-60).")
 @click.option("--pitch-std", type=click.FloatRange(min=0.0), default=10.0, show_default=True,
@@ -287,14 +288,14 @@ def _batch_triple(text: str) -> tuple[int, int, int]:
 @click.option("--teacher", "teacher_path", default="tiny", show_default=True,
               help="TEACHER.safetensors the student was distilled from, or a built-in teacher name.")
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors.")
-@click.option("--n", "n", type=click.IntRange(1), default=256, show_default=True, help="Number of samples.")
+@click.option("--n", "n", type=click.IntRange(1, 10_000), default=256, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CALIB.npz to write.")
 @click.option("--seed", type=SEED, default=1, show_default=True,
               help="Seed of the samples (training pose distribution). Training draws seed 0 by default: another "
                    "seed keeps the INT8 gate on samples the student never saw.")
 @click.option("--renders", type=click.Path(file_okay=False), default=None,
               help="Take the first N samples of this teacher render set instead of rendering (its seed).")
-@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Samples per teacher call.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True, help="Samples per teacher call.")
 @click.option("--allow-other-teacher", is_flag=True,
               help="Calibrate even when the student records another teacher's weights (the file says so).")
 def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int,

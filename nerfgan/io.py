@@ -92,6 +92,7 @@ def _new_temp(folder: Path, name: str, directory: bool) -> tuple[Path, int]:
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO planted under a lock file's name must not hang
 
 
 def clean_stale(folder: str | os.PathLike[str], name: str) -> list[Path]:
@@ -242,7 +243,7 @@ def folder_lock(path: str | os.PathLike[str], shared: bool = False, what: str = 
     """
     lock = Path(path) / name
     try:
-        fd = os.open(lock, (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | _NOFOLLOW, 0o666)
+        fd = os.open(lock, (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | _NOFOLLOW | _NONBLOCK, 0o666)
     except FileNotFoundError:
         if shared:
             yield
@@ -254,6 +255,8 @@ def folder_lock(path: str | os.PathLike[str], shared: bool = False, what: str = 
             return
         raise OutputError(f"{path}: cannot lock the {what} ({e.strerror})") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device there would block or misbehave
+            raise OutputError(f"{lock}: is not a regular file; remove it (nerfgan makes its lock files itself)")
         import fcntl
 
         flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

@@ -39,6 +39,9 @@ QUICKSTART_STAGE1_STEPS = 300
 within the quickstart's 5 minutes, about 500 steps on 2 cores)."""
 
 
+OWNER_KIND = "quickstart"  # nerfgan.io owner-file kind of the quickstart folder
+
+
 class Quickstart:
     def __init__(self, out: str, minutes: float, renders: int, force: bool, device: str,
                  echo: Callable[[str], Any] = click.echo) -> None:
@@ -190,11 +193,12 @@ class Quickstart:
 
     # --- the whole job ----------------------------------------------------------------------------
     def check(self) -> None:
-        """Before any work: DIR can be written, and DIR/run is a folder nerfgan may train into (and, with --force,
-        clear)."""
-        from nerfgan.io import check_writable_dir
+        """Before any work: DIR is missing, empty or an earlier quickstart's (it writes files of fixed names there),
+        DIR can be written, and DIR/run is a folder nerfgan may train into (and, with --force, clear)."""
+        from nerfgan.io import check_writable_dir, claim_dir
         from nerfgan.student.run_dir import claim_run_dir
 
+        claim_dir(self.out, OWNER_KIND, "-o", lambda p: (p / ".quickstart").is_dir())  # (older quickstarts)
         check_writable_dir(self.out, "quickstart folder")
         claim_run_dir(self.out / "run", "--force" if self.force else "-o")
 
@@ -206,6 +210,9 @@ class Quickstart:
             from nerfgan.errors import OutputError
 
             raise OutputError(f"-o {self.out}: cannot make the folder ({e.strerror or e})") from None
+        from nerfgan.io import mark_dir
+
+        mark_dir(self.out, OWNER_KIND)
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "teacher": self.teacher, "renders": self.renders, "train": self.train, "calibrate": self.calibrate,
             "export": self.export, "images": self.images, "parity": self.parity, "score": self.score,

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import invoke
-from nerfgan.cli import main
+from nerfgan.cli import main, run_main
 
 
 @pytest.fixture
@@ -61,3 +61,28 @@ def test_parity_never_writes_into_a_folder_of_the_users(tmp_path, tiny_export_di
                           capsys)
     assert code == 1 and one_line(err) and "did not write" in err
     assert sorted(os.listdir(mine)) == ["report.md"] and (mine / "report.md").read_text() == "my own report"
+
+
+def test_a_fifo_planted_as_the_lock_file_is_refused_not_waited_on(tmp_path, tiny_export_dir, capsys):
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export_dir, folder)
+    (folder / ".nerfgan.lock").unlink()
+    os.mkfifo(folder / ".nerfgan.lock")
+    code, _, err = invoke(run_main, ["--engine", folder, "--seeds", "0", "-o", tmp_path / "x.png"], capsys)
+    assert code == 1 and one_line(err) and "not a regular file" in err
+
+
+def test_scene_dataset_under_a_file_is_one_line(afile, capsys):
+    code, _, err = invoke(main, ["scene", "dataset", "--n", 1, "-o", afile / "x"], capsys)
+    assert code == 2 and one_line(err) and "is not a folder" in err
+
+
+@pytest.mark.parametrize("command", [["parity", "--teacher", "tiny", "--engine", "e", "-o", "p"],
+                                     ["teacher", "renders", "--teacher", "tiny", "-o", "r", "--dry-run"],
+                                     ["calibrate", "--ckpt", "s.safetensors", "-o", "c.npz"]])
+def test_sample_counts_have_stated_limits(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(main, command + ["--n", "100000000"], capsys)
+    assert code == 2 and "--n" in err and one_line(err)

@@ -51,3 +51,17 @@ def test_quickstart_output_is_checked_before_any_work(tmp_path, capsys):
                                  "--renders", "8", "--device", "cpu"], capsys)
     assert code == 2 and "not a folder" in err and "Traceback" not in err
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_folder_of_the_users_is_refused_before_any_work(tmp_path, capsys):
+    """quickstart writes teacher.safetensors, calib.npz, views.png ... by name into DIR: a user's folder is refused."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "teacher.safetensors").write_bytes(b"the user's own teacher")
+    (mine / "notes.txt").write_text("keep")
+    code, _, err = invoke(main, ["quickstart", "-o", mine, "--minutes", "0.05", "--renders", "8", "--device", "cpu"],
+                          capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "did not write" in lines[0], err
+    assert sorted(os.listdir(mine)) == ["notes.txt", "teacher.safetensors"]
+    assert (mine / "teacher.safetensors").read_bytes() == b"the user's own teacher"

@@ -143,14 +143,14 @@ def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: Expo
     if config.triton:
         from nerfgan.export.triton import check_destination
 
-        repo = Path(os.path.abspath(config.triton))
-        here = Path(os.path.abspath(out))
+        repo = Path(os.path.realpath(config.triton))  # (symbolic links resolved: the folders really meant)
+        here = Path(os.path.realpath(out))
         if repo == here or here in repo.parents or repo in here.parents:
             raise UsageError(f"--triton {config.triton}: must be a folder of its own, not -o {out_dir}, inside it "
                              "or around it")
-        if repo in Path(os.path.abspath(ckpt)).parents:
+        if repo in Path(os.path.realpath(ckpt)).parents:
             raise UsageError(f"--triton {config.triton}: holds the checkpoint {ckpt}; give a folder of its own")
-        check_destination(repo, overwrite=True)
+        check_destination(config.triton, overwrite=True)
         check_writable_dir(repo, "Triton repository")
     return out
 
@@ -179,19 +179,30 @@ def _install(out: Path, stage: Path, artifacts: list[Artifact], manifest: dict[s
             os.replace(stage / name, out / name)
         os.replace(stage / OWNER_FILE, out / OWNER_FILE)
         os.replace(stage / S.MANIFEST, out / S.MANIFEST)
+        keep = set(names) | {S.MANIFEST, OWNER_FILE}
         for name, sha in sorted(old.items()):
-            if name not in names and _unchanged(out / name, sha):
+            if name not in keep and _unchanged(out / name, sha):
                 (out / name).unlink()
 
 
 def _unchanged(path: Path, sha: str | None) -> bool:
-    """A file the old manifest listed is removed only while it is still what nerfgan wrote (a plain file with the
-    recorded sha256; plan sidecars, listed without one, by being plain files)."""
+    """A file the old manifest listed is removed only while it is still what nerfgan wrote: a plain file with the
+    recorded sha256, or for a plan's sidecar (listed without one) a small JSON file that is a nerfgan sidecar."""
     from nerfgan.io import file_sha256
 
     if path.is_symlink() or not path.is_file():
         return False
-    return sha is None or file_sha256(path) == sha
+    if sha is not None:
+        return file_sha256(path) == sha
+    from nerfgan.runtime.plan import EngineSidecar
+
+    try:
+        if path.stat().st_size > 1 << 20:
+            return False
+        sidecar = EngineSidecar.from_json(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError, NerfganError):
+        return False
+    return sidecar.metadata.get(S.META_FORMAT) == S.FORMAT
 
 
 def _listed_files(out: Path) -> dict[str, str | None]:
@@ -207,8 +218,8 @@ def _listed_files(out: Path) -> dict[str, str | None]:
         if isinstance(name, str) and isinstance(sha, str) and name == Path(name).name \
                 and name not in ("", ".", "..", S.MANIFEST, OWNER_FILE):
             files[name] = sha
-            if a.get("format") == "tensorrt":
-                files[name + ".json"] = None
+            if a.get("format") == "tensorrt" and name.endswith(".plan"):
+                files[name + ".json"] = None  # its sidecar (removed only if it is one: _unchanged)
     return files
 
 

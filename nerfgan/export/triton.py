@@ -315,6 +315,8 @@ def check_destination(repo_dir: str | os.PathLike[str], overwrite: bool) -> Path
     the owner file, nothing but this module's README.md and model folders): fine with ``overwrite``. Anything
     else - a user's working folder, an export folder, files nerfgan did not write - is a UsageError.
     """
+    if Path(repo_dir).is_symlink():  # replacing the repository would replace the link, not fill its target
+        raise UsageError(f"--triton {repo_dir}: is a symbolic link; give the folder it points to")
     repo = Path(os.path.abspath(repo_dir))  # '.', 'a/..' and trailing slashes name a real directory and parent
     if repo.parent == repo:
         raise UsageError(f"{repo}: cannot be the model repository (it has no parent to build it in)")

@@ -89,7 +89,8 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
         with folder_lock(p, shared=True, what="export folder"):
             return _load_export_dir(p, precision, dev, threads)
     if not p.is_file():
-        raise InputFileError(f"{p}: not found (expected an export folder, .onnx, .plan or student .safetensors)")
+        what = "not a regular file" if p.exists() else "not found"
+        raise InputFileError(f"{p}: {what} (expected an export folder, .onnx, .plan or student .safetensors)")
     if p.suffix.lower() == ".safetensors":
         import torch
 

@@ -386,7 +386,8 @@ def raise_on_miss(report: dict[str, Any]) -> None:
               help="Which student of an export folder (default fp32).")
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True,
               help="Where to run the teacher (PyTorch) and the engine.")
-@click.option("--n", "n", type=int, default=64, show_default=True, help="Number of (seed, pose) samples.")
+@click.option("--n", "n", type=click.IntRange(1, 10_000), default=64, show_default=True,
+              help="Number of (seed, pose) samples.")
 @click.option("--seed", type=click.IntRange(0, 2**31), default=0, show_default=True,
               help="First seed; sample i uses seed S + i // 5.")
 @click.option("--truncation", type=float, default=0.7, show_default=True, help="Truncation psi.")

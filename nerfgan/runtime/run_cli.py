@@ -238,7 +238,8 @@ def check_engine(path: str, precision: str | None) -> None:
     if p.is_dir():
         read_export(p)
     elif not p.is_file():
-        raise InputFileError(f"{p}: not found (expected an export folder, .onnx, .plan or student .safetensors)")
+        raise InputFileError(f"{p}: {'not a regular file' if p.exists() else 'not found'} (expected an export folder, "
+                             ".onnx, .plan or student .safetensors)")
     elif precision is not None:
         raise UsageError("--precision picks a file inside an export folder; a file path already names one")
     elif p.suffix.lower() in (".onnx", ".plan", ".engine") and (p.parent / MANIFEST).exists():

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
 from nerfgan.errors import UsageError
+
+
+@contextlib.contextmanager
+def lazy_bar(total: int, desc: str, unit: str, leave: bool = True) -> Iterator[Callable[[int], None]]:
+    """A progress callback whose bar appears at the first tick, after every check: an error stays one line."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    bars: list[Any] = []
+
+    def tick(k: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=leave))
+        bars[0].update(k)
+
+    try:
+        yield tick
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 @click.group()
@@ -77,12 +98,10 @@ def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None
               help="DATA folder, or DATA.zip; must not exist yet.")
 def scene_dataset(n: int, seed: int, resolution: int, output: str) -> None:
     """Write N posed images of the family in EG3D's dataset format (images + dataset.json labels)."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
     from nerfgan.scenes.dataset import write_dataset
 
-    with tqdm(total=n, desc="render data set", unit="img", dynamic_ncols=True) as bar:
-        write_dataset(output, n, seed, resolution, progress=bar.update)
+    with lazy_bar(n, "render data set", "img") as tick:
+        write_dataset(output, n, seed, resolution, progress=tick)
     click.echo(f"wrote {output}: {n} images, {resolution}x{resolution}, labels in dataset.json")
 
 
@@ -124,8 +143,6 @@ def scene_fit(output: str, seed: int, field_steps: int, sr_samples: int, sr_step
 def scene_score(teacher_path: str, engine: str | None, precision: str | None, n: int, seed: int, json_path: str | None,
                 min_psnr: float | None, min_iou: float | None, allow_other_teacher: bool) -> None:
     """Score a teacher (and an engine) against the exact ground truth: PSNR, SSIM, mask IoU, depth error."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
     from nerfgan.evaluate.scene_score import score, summary
     from nerfgan.io import atomic_path, check_writable
 
@@ -133,19 +150,9 @@ def scene_score(teacher_path: str, engine: str | None, precision: str | None, n:
         raise UsageError(f"{json_path}: --json must name a .json file")
     if json_path:
         check_writable(json_path, "--json report")
-    bars: list[Any] = []  # made at the first sample, after every check: an error stays one line
-
-    def tick(k: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=n, desc="score", unit="sample", dynamic_ncols=True, leave=False))
-        bars[0].update(k)
-
-    try:
+    with lazy_bar(n, "score", "sample", leave=False) as tick:
         report = score(teacher_path, n=n, seed=seed, engine=engine, precision=precision, progress=tick,
                        allow_other_teacher=allow_other_teacher)
-    finally:
-        for bar in bars:
-            bar.close()
     click.echo(summary(report))
     if json_path:
         with atomic_path(json_path) as tmp:

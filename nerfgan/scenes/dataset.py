@@ -70,10 +70,9 @@ def write_dataset(out: str | os.PathLike[str], n: int, seed: int, resolution: in
     if dest.exists():
         raise UsageError(f"{dest}: already exists; give a new name (nerfgan never overwrites a data set)")
     as_zip = dest.suffix.lower() == ".zip"
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(dest, "data set")
     family = SceneFamily()
     labels: list[list[object]] = []
-    check_writable_dir(dest, "data set")
     with atomic_dir(dest) as tmp:
         zf = zipfile.ZipFile(tmp / "data.zip", "w", compression=zipfile.ZIP_STORED) if as_zip else None
         for start in range(0, n, batch):

@@ -114,7 +114,11 @@ def save_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.n
 
 def load_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.nn.Module],
                      optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    """Restore into the given modules and optimizers; returns ``info``."""
+    """Restore into the given modules and optimizers; returns ``info`` (with an int ``step``).
+
+    Anything malformed (metadata missing or of the wrong type, optimizer state that does not fit) is a
+    CheckpointError naming the file.
+    """
     tensors, meta = read_safetensors(path, "training state")
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a nerfgan training state (metadata format={meta.get('format')!r})")
@@ -122,10 +126,18 @@ def load_train_state(path: str | os.PathLike[str], modules: Mapping[str, torch.n
         sub = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + "/")}
         check_state_dict(module, sub, f"{path} [{name}]")
         module.load_state_dict(sub)
-    opt_meta = json.loads(meta["optimizers"])
-    for name, opt in optimizers.items():
-        if name not in opt_meta:
-            raise CheckpointError(f"{path}: no state for optimizer {name}")
-        opt.load_state_dict(_unflatten_optimizer(tensors, opt_meta[name], name))
-    info: dict[str, Any] = json.loads(meta["info"])
+    try:
+        opt_meta = json.loads(meta["optimizers"])
+        for name, opt in optimizers.items():
+            if name not in opt_meta:
+                raise CheckpointError(f"{path}: no state for optimizer {name}")
+            opt.load_state_dict(_unflatten_optimizer(tensors, opt_meta[name], name))
+        info: dict[str, Any] = json.loads(meta["info"])
+        if not isinstance(info, dict) or isinstance(info.get("step"), bool) or not isinstance(info.get("step"), int) \
+                or info["step"] < 0:
+            raise ValueError(f"info.step must be a non-negative integer, got {info.get('step') if isinstance(info, dict) else info!r}")
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: malformed training state ({type(e).__name__}: {str(e)[:200]})") from None
     return info

@@ -361,8 +361,11 @@ class Trainer:
                                  "give the same --teacher")
             info = load_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
                                     {"opt_g": self.opt_g, "opt_d": self.opt_d})
-            self.step, self.train_seconds = int(info["step"]), float(info["train_seconds"])
-            self.evaluated_marks = list(info.get("evaluated_marks", []))
+            try:
+                self.step, self.train_seconds = int(info["step"]), float(info["train_seconds"])
+                self.evaluated_marks = [float(m) for m in info.get("evaluated_marks", [])]
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{self.state_path}: malformed training state info ({e})") from None
         if self.rank != 0:
             return
         if resume:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 
 from nerfgan.errors import CheckpointError, ConfigError
 from nerfgan.io import existing_file
+from nerfgan.teacher.checked_npz import CheckedNpz
 from nerfgan.teacher.checkpoint import build_teacher
 from nerfgan.teacher.config import TeacherConfig
 from nerfgan.teacher.generator import EG3D
@@ -41,6 +42,10 @@ TOLERANCES = {
     "image": 5e-4,
 }
 REQUIRED = ("init_kwargs_json", "neural_rendering_resolution", "z", "c", "c_cond", "psi", "ws", "image")
+
+
+MAX_EXPANSION = 32
+"""A reference file's arrays may declare at most this many times its size (plus 16 MiB) in all."""
 
 
 @dataclass
@@ -68,12 +73,18 @@ class Check:
 
 
 def read_reference(path: str | os.PathLike[str]) -> Reference:
+    """The reference file, every member read through CheckedNpz once the sizes they declare are bounded: in all at
+    most MAX_EXPANSION x the file size + 16 MiB (a few KB of deflated zeros must not become gigabytes)."""
     p = existing_file(path, "reference file")
-    try:
-        data = np.load(p, allow_pickle=False)
-        files = set(data.files)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{p}: not a reference .npz file ({e})") from None
+    with CheckedNpz(p, "reference file") as f:
+        declared = {name: f.declared(name) for name in f.names}
+        total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in declared.values())
+        budget = MAX_EXPANSION * f.size + (16 << 20)
+        if total > budget:
+            raise CheckpointError(f"{p}: its arrays declare {total:,} bytes, over {budget:,} "
+                                  f"({MAX_EXPANSION} x the file size + 16 MiB)")
+        data = {name: f.read(name, shape, dtype) for name, (shape, dtype) in declared.items()}
+    files = set(data)
     missing = [k for k in REQUIRED if k not in files]
     if missing:
         raise CheckpointError(f"{p}: reference file lacks {', '.join(missing)}")
@@ -84,7 +95,7 @@ def read_reference(path: str | os.PathLike[str]) -> Reference:
         raise CheckpointError(f"{p}: init_kwargs_json is not JSON ({e})") from None
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    state = {k[3:]: torch.from_numpy(np.array(data[k], dtype=np.float32)) for k in data.files if k.startswith("sd/")}
+    state = {k[3:]: torch.from_numpy(np.array(data[k], dtype=np.float32)) for k in data if k.startswith("sd/")}
     if not state:
         raise CheckpointError(f"{p}: reference file has no weights (sd/<key> arrays)")
     z, c, c_cond, psi = (np.asarray(data[k], dtype=np.float32) for k in ("z", "c", "c_cond", "psi"))

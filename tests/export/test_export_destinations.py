@@ -111,3 +111,37 @@ def test_exports_into_one_folder_wait_for_each_other(tmp_path, tiny_student_path
     worker.join(300)
     assert done and (out / "manifest.json").is_file()
     assert any("another nerfgan process is using this export folder; waiting" in line for line in log)
+
+
+def test_a_crafted_manifest_cannot_make_a_reexport_delete_files(tmp_path, tiny_student_path):
+    """Old-manifest entries of format 'tensorrt' named so that NAME.json is a user's file, the manifest or the
+    owner file: a re-export removes none of them (a sidecar goes only when it is a nerfgan engine sidecar)."""
+    import json
+
+    out = tmp_path / "export"
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    (out / "config.json").write_text("the user's")
+    m = json.loads((out / "manifest.json").read_text())
+    m["artifacts"] += [{**m["artifacts"][0], "file": name, "format": "tensorrt", "sha256": "0" * 64, "bytes": 1}
+                       for name in ("config", "manifest", ".nerfgan-owner", "config.plan")]
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "config.plan.json").write_text('{"not": "a sidecar"}')
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    assert (out / "config.json").read_text() == "the user's"
+    assert (out / "config.plan.json").read_text() == '{"not": "a sidecar"}'
+    assert read_manifest(out)["artifacts"] and (out / ".nerfgan-owner.json").is_file()
+
+
+def test_links_are_resolved_before_the_overlap_check_and_a_linked_repository_is_refused(tmp_path, tiny_student_path,
+                                                                                          capsys):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "tl").symlink_to(tmp_path / "t")
+    code, _, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "tl" / "exp",
+                                        "--triton", tmp_path / "t"], capsys)
+    assert code == 2 and "must be a folder of its own" in err  # before the export, not after it
+    (tmp_path / "e").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "e")
+    code, _, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out",
+                                        "--triton", tmp_path / "link"], capsys)
+    assert code == 2 and "symbolic link" in err
+    assert (tmp_path / "link").is_symlink() and not (tmp_path / "out").exists()

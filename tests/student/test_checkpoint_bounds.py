@@ -75,3 +75,30 @@ def test_a_student_config_names_its_file(tmp_path):
     text = json.dumps({**config, "channel_max": 4096})
     with pytest.raises(ConfigError, match=r"^student.json: student config: channel_max = 4096 exceeds the limit"):
         StudentConfig.from_json(text, source="student.json")
+
+
+@pytest.mark.parametrize("edit", ["no optimizers", "step abc", "info not json"])
+def test_a_malformed_train_state_is_a_checkpoint_error(tmp_path, edit):
+    from safetensors import safe_open
+
+    from nerfgan.student.checkpoint import load_train_state, save_train_state
+
+    def parts():
+        torch.manual_seed(0)
+        m = torch.nn.Linear(2, 2)
+        return m, torch.optim.Adam(m.parameters())
+
+    m, opt = parts()
+    path = save_train_state(tmp_path / "state.safetensors", {"G": m}, {"opt": opt}, {"step": 2})
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if edit == "no optimizers":
+        del meta["optimizers"]
+    elif edit == "step abc":
+        meta["info"] = json.dumps({"step": "abc"})
+    else:
+        meta["info"] = "{not json"
+    save_file(tensors, str(path), metadata=meta)
+    m, opt = parts()
+    with pytest.raises(CheckpointError, match="state.safetensors: malformed training state"):
+        load_train_state(path, {"G": m}, {"opt": opt})
