@@ -1,6 +1,6 @@
 """ONNX file -> TensorRT plan (``.plan``) plus a JSON sidecar describing what it was built for.
 
-Written against the TensorRT 10.x and 11.x Python APIs (see notes/deploy.md, section 1):
+Written against the TensorRT 10.x and 11.x Python APIs:
 
 * TensorRT >= 10.12 builds a strongly typed network (the STRONGLY_TYPED creation flag, ignored but
   accepted on 11.x): the precision lives in the ONNX file itself (FP16 tensors, or Q/DQ nodes for

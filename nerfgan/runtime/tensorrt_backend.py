@@ -3,13 +3,13 @@
     with TensorRTBackend("export/student.plan") as b:
         out = b.infer({"w": w, "c": c})          # numpy in, numpy (float32) out
 
-Written against the TensorRT 10.x / 11.x Python API (notes/deploy.md, 1.3): name-based I/O,
+Written against the TensorRT 10.x / 11.x Python API: name-based I/O,
 ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``. The sidecar is checked
 first: a plan built by another TensorRT version or for another compute capability is refused
 (EngineMismatchError). The batch range is the engine's optimization profile.
 
 Device memory comes from torch CUDA tensors when torch with CUDA is installed, else from
-cuda-python (notes/deploy.md, 1.4); both behind :class:`DeviceMemory`, chosen by
+cuda-python; both behind :class:`DeviceMemory`, chosen by
 :func:`device_memory`. torch and tensorrt are imported only when a plan is opened.
 """
 

@@ -75,8 +75,8 @@ class StudentConfig:
         return replace(self, **changes)
 
 
-# Presets: synthesis widths per teacher scale. 'tiny' runs on a CPU in minutes; 'ffhq512' is the
-# paper's scale (a StyleGAN2 synthesis to 128x128 with channel_base 32768, ~45 GMAC per image).
+# Presets: synthesis widths per teacher scale. 'tiny' runs on a CPU in minutes; 'ffhq512' is a
+# full-size student for EG3D's 512 px models (a StyleGAN2 synthesis to 128x128 with channel_base 32768, ~45 GMAC per image).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"channel_base": 2048, "channel_max": 128, "mapping_layers": 4},
     "ffhq512": {"channel_base": 32768, "channel_max": 512, "mapping_layers": 4},

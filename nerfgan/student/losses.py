@@ -8,8 +8,9 @@ Images are (B, C, H, W) in [-1, 1] (data range 2) unless a function says otherwi
 - Adversarial (StyleGAN2's non-saturating logistic GAN): :func:`g_nonsaturating`,
   :func:`d_logistic` and the R1 gradient penalty :func:`r1_penalty`.
 
-The paper reconstructs the low- and high-resolution outputs with L1 and a perceptual term. No
-pretrained network can be downloaded here, so our defaults replace the perceptual term with SSIM.
+nerfgan's choice, not a published recipe: L1 on the low-resolution feature image and its RGB, and L1 +
+(1 - SSIM) on the final image. A perceptual loss would need pretrained network weights, which nerfgan never
+downloads; SSIM is the structural term that needs none.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, value_min: f
 def mean_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, cap: float = PSNR_CAP_DB) -> float:
     """Average of the per-sample PSNR (dB) over the batch, each value first capped at ``cap`` dB.
 
-    Averaging per-sample values (not the PSNR of the batch MSE) is how anchors.md reports PSNR;
+    Averaging per-sample values (not the PSNR of the batch MSE) is how distillation papers usually report PSNR;
     the cap keeps one identical pair (+inf) from making the mean infinite.
     """
     return float(psnr(a, b, data_range=data_range).clamp(max=cap).mean())
@@ -138,9 +139,8 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torc
 class ReconstructionWeights:
     """Weights of the distillation terms (student vs teacher, same z and camera). Our defaults.
 
-    The paper uses L1 and a perceptual loss on the low- and high-resolution outputs; we use SSIM
-    in place of the perceptual term (no pretrained network can be downloaded). A weight of 0
-    skips its term.
+    nerfgan's choice: L1 terms and SSIM on the final image (a perceptual loss would need downloaded
+    pretrained weights, which nerfgan never fetches). A weight of 0 skips its term.
     """
 
     feature_l1: float = 1.0  # L1 on the whole (B, 32, R, R) feature image

@@ -76,7 +76,7 @@ class TrainConfig:
     sr_lr_ratio: float = 0.1  # the super-resolution starts from the teacher's: smaller steps
     betas: tuple[float, float] = (0.9, 0.99)
     recon: ReconstructionWeights = field(default_factory=ReconstructionWeights)
-    adv_weight: float = 0.1  # weight of the adversarial loss in stage 2 (the paper's)
+    adv_weight: float = 0.1  # weight of the adversarial loss in stage 2 (nerfgan's choice: reconstruction dominates)
     stage1_steps: int = 1500  # stage 1: reconstruction only; stage 2 adds the adversarial loss
     d_lr: float = 0.002
     d_betas: tuple[float, float] = (0.0, 0.99)

@@ -1,6 +1,6 @@
 """Reference files: upstream renders stored with their inputs, and checking a teacher against them.
 
-A reference ``.npz`` (FACTS.md section 12) holds ``init_kwargs_json`` and
+A reference ``.npz`` (upstream EG3D's renders of known inputs, as in tests/fixtures) holds ``init_kwargs_json`` and
 ``neural_rendering_resolution`` (the config), ``sd/<key>`` (weights), the inputs ``z`` (B, z_dim),
 ``c`` (V, B, 25) render cameras, ``c_cond`` (B, 25) conditioning cameras, ``psi`` (P,), ``cutoff``,
 and upstream's outputs: ``ws`` (P, B, num_ws, w_dim), ``image_raw`` / ``image_depth`` / ``image``
@@ -29,7 +29,7 @@ from nerfgan.teacher.checkpoint import build_teacher
 from nerfgan.teacher.config import TeacherConfig
 from nerfgan.teacher.generator import EG3D
 
-# Absolute tolerances for a float32 implementation (FACTS.md section 12).
+# Absolute tolerances for a float32 re-implementation against upstream's float32 renders.
 TOLERANCES = {
     "ws": 1e-5,
     "planes_sub": 1e-4,

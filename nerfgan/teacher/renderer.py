@@ -2,8 +2,8 @@
 
 Axis letters: B batch, M rays per image, S samples per ray, C features (32).
 Two modes: ``stochastic`` (upstream's training/inference default: jittered coarse depths and
-random importance samples) and ``deterministic`` (no jitter, evenly spaced importance samples;
-FACTS.md section 8), which gives the same image for the same inputs.
+random importance samples) and ``deterministic`` (no jitter, evenly spaced importance samples,
+as upstream's deterministic option), which gives the same image for the same inputs.
 """
 
 from __future__ import annotations

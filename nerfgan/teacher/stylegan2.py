@@ -6,7 +6,7 @@ Parameter and buffer names, shapes and registration order follow upstream exactl
 upstream ``state_dict`` loads with ``strict=True``. Only standard PyTorch ops are used; the
 resampling filter is StyleGAN2's 4x4 FIR ``outer([1,3,3,1], [1,3,3,1]) / 64``.
 
-The modulated convolution has two paths with the same math (FACTS.md section 4):
+The modulated convolution has two paths with the same math:
 ``fused`` (one grouped convolution with per-sample weights, upstream's eval path) and the
 non-fused reference (scale activations by the style, plain convolution, scale by the
 demodulation coefficients), which is faster at large batch and exports with a dynamic batch.

@@ -1,8 +1,8 @@
 """Configs other than the shared fixture's: every super-resolution variant, resize rules, white
 background, zeroed conditioning, box sizes, ray ranges, sample counts and channel widths.
 
-Upstream renders exist only for the shared fixture, so these tests pin the behaviour that
-FACTS.md states for each option, and check that ``nerfgan teacher verify`` reads and checks
+Upstream renders exist only for the shared fixture, so these tests pin upstream's documented
+behaviour for each option, and check that ``nerfgan teacher verify`` reads and checks
 reference files of these configs (a recorded render passes, a perturbed one fails).
 """
 

@@ -43,7 +43,7 @@ def test_each_truncation_and_view(reference, rendered, p, v):
 
 
 def test_image_raw_in_place_quirk_is_reproduced(reference, rendered, tiny_teacher):
-    # SR 2X at R = 64: upstream's image_raw includes block0's torgb output (FACTS.md section 9)
+    # SR 2X at R = 64: upstream's image_raw includes block0's torgb output
     assert tiny_teacher.raw_quirk(64)
     clean = rendered["feature_image"][:, :3]
     assert np.abs(rendered["image_raw"][0, 0] - clean).max() > 0.5

@@ -1,9 +1,9 @@
 """Tests for the ray sampler, tri-plane field and volume renderer (nerfgan.teacher.rays / renderer / triplane).
 
-Two kinds of test (style.md habit 2):
+Two kinds of test:
 
 * stage-by-stage parity with upstream's debug intermediates stored in the shared fixture
-  (FACTS.md section 12, ``dbg/*``: psi 0.7 = ws[0], view 0, batch 2, pixels ``dbg/pixel_index``).
+  (the fixture's ``dbg/*``: psi 0.7 = ws[0], view 0, batch 2, pixels ``dbg/pixel_index``).
   Each stage is fed upstream's own inputs, so an error is attributed to exactly one stage;
   one last test chains our stages end to end on the same pixels.
 * tiny hand-made cases whose answer is known analytically (constant-density medium, an opaque
@@ -37,7 +37,7 @@ def max_err(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float
 
 
 def ffhq_rendering(**overrides: object) -> RenderingConfig:
-    """FFHQ rendering settings (FACTS.md section 1) with overrides."""
+    """FFHQ rendering settings with overrides."""
     kw: dict[str, object] = dict(
         image_resolution=128, superresolution="2X", depth_resolution=48, depth_resolution_importance=48,
         ray_start=2.25, ray_end=3.3, box_warp=1.0, avg_camera_radius=2.7, avg_camera_pivot=(0.0, 0.0, 0.2),

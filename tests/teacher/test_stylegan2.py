@@ -2,7 +2,7 @@
 independent float64 reference), upsampling, the fully connected layer, mapping truncation, the
 synthesis network's w layout, and fused == non-fused on the fixture's teacher.
 
-The float64 references below are written from FACTS.md section 4, not from the library code.
+The float64 references below are written from the published StyleGAN2 equations, not from the library code.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def max_err(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float
 
 
 # ----------------------------------------------------------------------------------------------
-# float64 references (FACTS.md section 4)
+# float64 references
 # ----------------------------------------------------------------------------------------------
 
 
