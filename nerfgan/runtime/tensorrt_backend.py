@@ -45,20 +45,26 @@ class DeviceMemory(Protocol):
 
 
 class TorchMemory:
-    """Device memory as torch uint8 CUDA tensors, on torch's current stream (torch's caching allocator)."""
+    """Device memory as torch uint8 CUDA tensors (torch's caching allocator) on a CUDA stream of its own.
+
+    TensorRT, the copies and the synchronisation all use that stream, never torch's legacy default stream, so
+    the backend neither waits for nor blocks the caller's other GPU work.
+    """
 
     def __init__(self) -> None:
         import torch
 
         self._torch = torch
+        self._stream = torch.cuda.Stream()
         self._blocks: dict[int, torch.Tensor] = {}
 
     @property
     def stream(self) -> int:
-        return int(self._torch.cuda.current_stream().cuda_stream)
+        return int(self._stream.cuda_stream)
 
     def alloc(self, nbytes: int) -> int:
-        block = self._torch.empty(max(nbytes, 1), dtype=self._torch.uint8, device="cuda")
+        with self._torch.cuda.stream(self._stream):  # the allocator ties the block to this stream
+            block = self._torch.empty(max(nbytes, 1), dtype=self._torch.uint8, device="cuda")
         self._blocks[block.data_ptr()] = block
         return int(block.data_ptr())
 
@@ -66,13 +72,15 @@ class TorchMemory:
         self._blocks.pop(ptr, None)
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
-        self._blocks[ptr][:array.nbytes].copy_(self._torch.from_numpy(array.reshape(-1).view(np.uint8)))
+        with self._torch.cuda.stream(self._stream):
+            self._blocks[ptr][:array.nbytes].copy_(self._torch.from_numpy(array.reshape(-1).view(np.uint8)))
 
     def download(self, ptr: int, out: np.ndarray) -> None:
-        self._torch.from_numpy(out.reshape(-1).view(np.uint8)).copy_(self._blocks[ptr][:out.nbytes])
+        with self._torch.cuda.stream(self._stream):
+            self._torch.from_numpy(out.reshape(-1).view(np.uint8)).copy_(self._blocks[ptr][:out.nbytes])
 
     def synchronize(self) -> None:
-        self._torch.cuda.current_stream().synchronize()
+        self._stream.synchronize()
 
     def close(self) -> None:
         self._blocks.clear()
