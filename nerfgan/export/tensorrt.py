@@ -105,6 +105,8 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if not strongly_typed and precision in ("fp16", "int8"):  # weakly typed TensorRT < 10.12 only
         config.set_flag(getattr(trt.BuilderFlag, precision.upper()))  # FP16 / INT8: gone in 11.x
+    if precision == "fp32":  # TF32 is on by default (10-bit mantissa): an FP32 plan must meet the FP32 tolerance
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for t in spec.inputs:
         profile.set_shape(t.name, *(trt.Dims(list(t.concrete(b))) for b in batch))

@@ -61,7 +61,7 @@ def fake_tensorrt(rec: Recorder) -> types.ModuleType:
         STRONGLY_TYPED = 1  # the real enum value
 
     class BuilderFlag:
-        pass
+        TF32 = "TF32"
 
     if not rec.version.startswith("11."):
         BuilderFlag.FP16 = "FP16"  # type: ignore[attr-defined]
@@ -124,6 +124,9 @@ def fake_tensorrt(rec: Recorder) -> types.ModuleType:
 
         def set_flag(self, flag: str) -> None:
             rec.builder_flags.append(flag)
+
+        def clear_flag(self, flag: str) -> None:
+            rec.builder_flags.append(f"-{flag}")
 
         def add_optimization_profile(self, profile: Profile) -> int:
             rec.profiles.append(profile.shapes)
@@ -293,11 +296,11 @@ def test_strongly_typed_from_10_12(monkeypatch: pytest.MonkeyPatch, onnx_file: P
     rec = install(monkeypatch, version)
     plan = build(onnx_file, precision=precision)
     assert rec.network_flags == 1 << 1  # 1 << STRONGLY_TYPED
-    assert rec.builder_flags == []  # precision comes from the ONNX file
+    assert rec.builder_flags == (["-TF32"] if precision == "fp32" else [])  # precision comes from the ONNX file
     assert T.read_sidecar(plan).strongly_typed is True
 
 
-@pytest.mark.parametrize(("precision", "flags"), [("fp32", []), ("fp16", ["FP16"]), ("int8", ["INT8"])])
+@pytest.mark.parametrize(("precision", "flags"), [("fp32", ["-TF32"]), ("fp16", ["FP16"]), ("int8", ["INT8"])])
 def test_weakly_typed_below_10_12(monkeypatch: pytest.MonkeyPatch, onnx_file: Path, precision: str,
                                   flags: list[str]) -> None:
     rec = install(monkeypatch, "10.8.0.43")
