@@ -322,6 +322,9 @@ def _export_options(f: Any) -> Any:
                           "convolutions). Default: '*/torgb/*,depthwise'."),
         click.option("--int8-backend", type=click.Choice(["auto", "ort", "modelopt"]), default="auto", show_default=True,
                      help="Who inserts the Q/DQ nodes (auto: ModelOpt when installed, else ONNX Runtime)."),
+        click.option("--int8-min-psnr", type=float, default=None,
+                     help="dB: the INT8 gate's floor for every output against the FP32 student, on the calibration "
+                          "file's held-out samples. Default: 30."),
         click.option("--trt", is_flag=True, help="Also build TensorRT plans (needs nerfgan[tensorrt] and a GPU)."),
         click.option("--workspace", type=click.FloatRange(0.1), default=4.0, show_default=True,
                      help="TensorRT builder workspace, GiB."),
@@ -329,6 +332,10 @@ def _export_options(f: Any) -> Any:
                      help="REPO_DIR: also write a Triton model repository (mapping, student, ensemble)."),
         click.option("--triton-precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
                      help="Student precision Triton serves (default: the lowest exported)."),
+        click.option("--triton-backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default=None,
+                     help="Who runs the composing models: Triton's ONNX Runtime backend, TensorRT (the student as a "
+                          "plan; needs --trt), or its Python backend running nerfgan.runtime (CPU-only servers, "
+                          "tests). Default: tensorrt with --trt, else onnxruntime."),
         click.option("--batch", "batch_text", default="1,1,16", show_default=True,
                      help="MIN,OPT,MAX batch of the TensorRT profile and Triton's max_batch_size."),
         click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset."),
@@ -340,16 +347,19 @@ def _export_options(f: Any) -> Any:
 
 
 def _run_export(ckpt: str, out_dir: str, fp16: bool, int8: bool, calib: str | None, int8_exclude: str | None,
+                int8_min_psnr: float | None,
                 int8_backend: str, trt: bool, workspace: float, triton: str | None, triton_precision: str | None,
-                batch_text: str, opset: int, dry_run: bool) -> None:
+                triton_backend: str | None, batch_text: str, opset: int, dry_run: bool) -> None:
     from nerfgan.export.pipeline import ExportConfig, export
 
     extra: dict[str, Any] = {}
     if int8_exclude is not None:
         extra["int8_exclude"] = tuple(p.strip() for p in int8_exclude.split(",") if p.strip())
+    if int8_min_psnr is not None:
+        extra["int8_min_psnr_vs_fp32"] = int8_min_psnr
     config = ExportConfig(batch=_batch_triple(batch_text), opset=opset, fp16=fp16, int8=int8, calib=calib,
                           int8_backend=int8_backend, trt=trt, workspace_gib=workspace, triton=triton,
-                          triton_precision=triton_precision, **extra)
+                          triton_precision=triton_precision, triton_backend=triton_backend, **extra)
     if dry_run:
         click.echo(json.dumps({"ckpt": ckpt, "output": out_dir, "export": json.loads(config.to_json())}, indent=1))
         return

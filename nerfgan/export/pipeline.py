@@ -48,11 +48,14 @@ class ExportConfig:
     workspace_gib: float = 4.0  # TensorRT builder workspace
     triton: str | None = None  # REPO_DIR for a Triton model repository
     triton_precision: str | None = None  # student precision served by Triton (default: the lowest exported)
+    triton_backend: str | None = None  # 'onnxruntime', 'tensorrt' or 'python' (default: tensorrt with trt, else onnxruntime)
     validate_batches: tuple[int, ...] = (1, 3)  # batch sizes of the validation feeds
     validate_seed: int = 1234  # seed of the validation samples
     fp32_atol: float = 1e-4  # max |onnx - pytorch| for float32 files
     fp16_min_psnr: float = 40.0  # dB against the float32 PyTorch student
     int8_max_drop: float = 2.0  # dB of PSNR against the teacher the INT8 file may lose vs float32
+    int8_min_psnr_vs_fp32: float = 30.0  # dB: every INT8 output against the float32 PyTorch student, at least
+    int8_holdout: float = 0.5  # share of the calibration file's samples (its last rows) kept out of calibration to judge INT8
 
     def __post_init__(self) -> None:
         lo, opt, hi = self.batch
@@ -62,10 +65,19 @@ class ExportConfig:
             raise UsageError(f"--opset: {self.opset} is outside the range this exporter writes (9-21; 17 recommended)")
         if self.int8 and not self.calib:
             raise UsageError("--int8 needs --calib CALIB.npz (make one with `nerfgan calibrate`)")
+        if not 0.0 < self.int8_holdout < 1.0:
+            raise UsageError(f"int8_holdout: the share of calibration samples that judge INT8 must be in (0, 1), "
+                             f"got {self.int8_holdout}")
         if self.int8_backend not in BACKENDS:
             raise UsageError(f"--int8-backend: choose one of {', '.join(BACKENDS)}")
         if self.triton_precision not in (None, *S.PRECISIONS):
             raise UsageError(f"--triton-precision: choose one of {', '.join(S.PRECISIONS)}")
+        if self.triton_backend not in (None, "onnxruntime", "tensorrt", "python"):
+            raise UsageError("--triton-backend: choose one of onnxruntime, tensorrt, python")
+        if self.triton_backend and not self.triton:
+            raise UsageError(f"--triton-backend {self.triton_backend}: given without --triton REPO_DIR")
+        if self.triton_backend == "tensorrt" and not self.trt:
+            raise UsageError("--triton-backend tensorrt: serves a TensorRT plan; add --trt to build it")
         wanted = {"fp16": self.fp16, "int8": self.int8, "fp32": True}
         if self.triton_precision and not wanted[self.triton_precision]:
             raise UsageError(f"--triton-precision {self.triton_precision}: that precision is not being exported")
@@ -103,6 +115,9 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
         from nerfgan.calibrate.calibset import load_calibration_set
 
         calib = load_calibration_set(str(config.calib))
+        from nerfgan.export.validate import int8_split
+
+        int8_split(len(calib), config.int8_holdout, str(config.calib))  # too few samples: say so before any work
     student = load_student(ckpt_path)
     if calib is not None and calib.meta.get("teacher_config") != json.loads(student.config.teacher.to_json()):
         raise InputFileError(f"{config.calib}: calibrated for another teacher config than {ckpt_path}'s")
@@ -272,32 +287,41 @@ def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
 
 
 def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
+    """student_int8.onnx, calibrated on the calibration file's first rows and judged on the rest (held out): against
+    the float32 PyTorch student (int8_min_psnr_vs_fp32) and by its PSNR drop against the teacher (int8_max_drop)."""
+    from dataclasses import replace
+
     from nerfgan.calibrate.int8 import quantize
     from nerfgan.export import validate as V
-    from nerfgan.metrics import mean_psnr
     from nerfgan.export.to_onnx import artifact_metadata, graph_for, specs_for, write_metadata
     from nerfgan.io import file_sha256
 
     spec = specs_for(student)["student"]
     name = "student_int8.onnx"
-    backend, excluded = quantize(stage / "student.onnx", stage / name, calib.student_inputs(), config.int8_exclude,
-                                 config.int8_backend)
+    n = len(calib)
+    k = V.int8_split(n, config.int8_holdout, str(config.calib))
+    inputs = calib.student_inputs()
+    backend, excluded = quantize(stage / "student.onnx", stage / name, {a: v[:k] for a, v in inputs.items()},
+                                 config.int8_exclude, config.int8_backend)
     meta = artifact_metadata(student, "student", "int8", sha, config.batch, teacher)
     meta["nerfgan.calibration_sha256"] = file_sha256(calib.path)
     write_metadata(stage / name, meta)
-    inputs = calib.student_inputs()
-    n, step = len(calib), 8
-    feeds = [{k: v[i:i + step] for k, v in inputs.items()} for i in range(0, n, step)]
+    step = 8
+    feeds = [{a: v[i:min(i + step, n)] for a, v in inputs.items()} for i in range(k, n, step)]
     results = V.run_pair(V.run_reference(V.torch_runner(graph_for(student, "student"), spec), feeds),
                          V.onnx_runner(stage / name), feeds)
     ref, cand = V._outputs(results, 0), V._outputs(results, 1)
-    fp32 = {k: np.concatenate([r[k] for r in ref]) for k in spec.output_names}
-    q = {k: np.concatenate([c[k] for c in cand]) for k in spec.output_names}
-    checks = V.check_psnr_drop_vs_teacher(name, fp32, q, calib.teacher_images(), config.int8_max_drop)
-    vs_fp32 = {k: mean_psnr(q[k], fp32[k]) for k in spec.output_names}
+    fp32 = {o: np.concatenate([r[o] for r in ref]) for o in spec.output_names}
+    q = {o: np.concatenate([c[o] for c in cand]) for o in spec.output_names}
+    held_out = {o: v[k:] for o, v in calib.teacher_images().items()}
+    where = f" [held-out rows {k}-{n - 1} of {Path(str(config.calib)).name}]"
+    checks = [replace(c, detail=c.detail + where)
+              for c in V.check_psnr_vs_reference(name, results, spec, config.int8_min_psnr_vs_fp32)
+              + V.check_psnr_drop_vs_teacher(name, fp32, q, held_out, config.int8_max_drop)]
     a = Artifact(name, "student", "int8", "onnx", checks,
                  {"int8_backend": backend, "excluded_nodes": excluded, "calibration": str(calib.path),
-                  "calibration_samples": n, "psnr_db_vs_fp32": vs_fp32})
+                  "calibration_samples": k,
+                  "judged_on": {"rows": [k, n], "sample_index": [int(i) for i in calib.arrays["index"][k:]]}})
     _log_checks(a, log)
     return a
 
@@ -325,16 +349,16 @@ def _triton(config: ExportConfig, stage: Path, artifacts: list[Artifact], studen
 
     order = ["int8", "fp16", "fp32"]
     precision = config.triton_precision or next(p for p in order if any(a.precision == p for a in artifacts))
-    fmt = "tensorrt" if config.trt else "onnx"
+    backend = config.triton_backend or ("tensorrt" if config.trt else "onnxruntime")
+    fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     student_file = next(a.file for a in artifacts if a.kind == "student" and a.precision == precision and a.format == fmt)
     mapping_file = next(a.file for a in artifacts if a.kind == "mapping" and a.format == "onnx")
     specs = specs_for(student)
     write_triton_repository(str(config.triton), mapping_file=stage / mapping_file, student_file=stage / student_file,
-                            mapping_spec=specs["mapping"], student_spec=specs["student"],
-                            student_backend="tensorrt" if fmt == "tensorrt" else "onnxruntime",
+                            mapping_spec=specs["mapping"], student_spec=specs["student"], student_backend=backend,
                             max_batch_size=config.batch[2], plan_max_batch=config.batch[2] if fmt == "tensorrt" else None,
                             overwrite=True)
-    log(f"wrote Triton repository {config.triton} (student: {student_file})")
+    log(f"wrote Triton repository {config.triton} (student: {student_file}, {backend} backend)")
 
 
 def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:

@@ -1,16 +1,25 @@
 """A Triton Inference Server model repository for the two exported files, chained by an ensemble.
 
     <repo>/README.md                          what is served and how to call it
-    <repo>/nerfgan_mapping/config.pbtxt       (z, c_cond, psi) -> w               onnxruntime_onnx
-    <repo>/nerfgan_mapping/1/model.onnx
-    <repo>/nerfgan_student/config.pbtxt       (w, c) -> image, image_raw           onnxruntime_onnx or tensorrt_plan
-    <repo>/nerfgan_student/1/model.onnx | model.plan
+    <repo>/nerfgan_mapping/config.pbtxt       (z, c_cond, psi) -> w               onnxruntime_onnx or python
+    <repo>/nerfgan_mapping/1/model.onnx       (+ model.py with the python backend)
+    <repo>/nerfgan_student/config.pbtxt       (w, c) -> image, image_raw           onnxruntime_onnx, tensorrt_plan or python
+    <repo>/nerfgan_student/1/model.onnx | model.plan   (+ model.py with the python backend)
     <repo>/nerfgan/config.pbtxt               ensemble: (z, c_cond, psi, c) -> image, image_raw; w stays server-side
     <repo>/nerfgan/1/                         empty (Triton wants a version directory for an ensemble too)
 
+Student backends (``student_backend``): 'onnxruntime' (Triton's ONNX Runtime backend for both models),
+'tensorrt' (the student as a TensorRT plan, the mapping in ONNX Runtime) and 'python' (both models in
+Triton's Python backend running nerfgan.runtime; see nerfgan.export.triton_python: for CPU-only
+servers and tests). They differ only in the composing models' platform/backend line and files; the
+ensemble config is the same text for all three.
+
 Tensor names, shapes and dtypes come from nerfgan.runtime.spec. Every model batches
-(max_batch_size >= 1), so the batch axis ``B`` is implicit and left out of ``dims``; a tensor that is
-only ``(B,)`` (psi) is declared ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }`` so the model sees (B,).
+(max_batch_size >= 1), so the batch axis ``B`` is implicit and left out of ``dims``. A tensor that is
+only ``(B,)`` (psi) is declared ``dims: [ 1 ]``: clients send it as ``(B, 1)``. The composing model
+that takes it adds ``reshape: { shape: [ ] }`` so the model itself sees ``(B,)``; the ensemble input
+carries no reshape (Triton infers ensemble tensor shapes from the composing models' declared dims, and
+refuses an ensemble whose input is reshaped to ``[-1]`` while the mapping declares ``[-1, 1]``).
 
 The config.pbtxt files are written as protobuf text format by this module (no tritonclient needed).
 The repository is built in a temporary directory beside its destination and renamed into place, so
@@ -28,11 +37,17 @@ from pathlib import Path
 
 from nerfgan.errors import ConfigError, InputFileError, UsageError
 from nerfgan.io import LOCK_FILE, atomic_dir, claim_dir, mark_dir
+from nerfgan.export.triton_python import MODEL_FILE, MODEL_PY
 from nerfgan.runtime.spec import BATCH, ModelSpec, TensorSpec
 
 VERSION = 1  # the one model version written
 OWNER_KIND = "triton repository"  # nerfgan.io owner-file kind: what --triton may replace
-BACKENDS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+# student_backend -> (the student's config line naming who runs it, its model file name)
+BACKENDS = {
+    "onnxruntime": ('platform: "onnxruntime_onnx"', "model.onnx"),
+    "tensorrt": ('platform: "tensorrt_plan"', "model.plan"),
+    "python": ('backend: "python"', "model.onnx"),  # + model.py (nerfgan.export.triton_python)
+}
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 TRITON_DTYPES = {  # numpy dtype name -> Triton DataType
     "bool": "TYPE_BOOL",
@@ -110,11 +125,16 @@ def triton_dims(tensor: TensorSpec, model: str) -> tuple[list[int], list[int] | 
     return (dims, None) if dims else ([1], [])
 
 
-def model_config_text(name: str, spec: ModelSpec, platform: str, serving: TritonServing) -> str:
-    """config.pbtxt of one composing model (the mapping or the student)."""
+def mapping_backend(student_backend: str) -> str:
+    """Who runs the mapping: the Python backend when the student uses it, else ONNX Runtime (never a plan)."""
+    return "python" if student_backend == "python" else "onnxruntime"
+
+
+def model_config_text(name: str, spec: ModelSpec, backend: str, serving: TritonServing) -> str:
+    """config.pbtxt of one composing model (the mapping or the student); ``backend``: a key of BACKENDS."""
     parts = [
         f"name: {_quote(name)}",
-        f"platform: {_quote(platform)}",
+        BACKENDS[backend][0],
         f"max_batch_size: {serving.max_batch_size}",
         _repeated("input", [_tensor_fields(t, name) for t in spec.inputs]),
         _repeated("output", [_tensor_fields(t, name) for t in spec.outputs]),
@@ -142,8 +162,8 @@ def ensemble_config_text(names: TritonNames, mapping_spec: ModelSpec, student_sp
         f"name: {_quote(names.ensemble)}",
         f"platform: {_quote('ensemble')}",
         f"max_batch_size: {max_batch_size}",
-        _repeated("input", [_tensor_fields(t, names.ensemble) for t in inputs]),
-        _repeated("output", [_tensor_fields(t, names.ensemble) for t in student_spec.outputs]),
+        _repeated("input", [_tensor_fields(t, names.ensemble, reshape=False) for t in inputs]),
+        _repeated("output", [_tensor_fields(t, names.ensemble, reshape=False) for t in student_spec.outputs]),
         "ensemble_scheduling {",
         _indent(_repeated("step", steps)),
         "}",
@@ -163,49 +183,6 @@ def link_tensor(mapping_spec: ModelSpec, student_spec: ModelSpec) -> str:
         raise ConfigError(f"specs disagree on {out.name!r}: the mapping outputs {out.shape} {out.dtype}, the student "
                           f"takes {inp.shape} {inp.dtype}")
     return out.name
-
-
-def repository_readme(names: TritonNames, mapping_spec: ModelSpec, student_spec: ModelSpec, student_backend: str,
-                      max_batch_size: int) -> str:
-    """README.md of the repository: the models, their tensors, and how to serve and call the ensemble."""
-    wire = link_tensor(mapping_spec, student_spec)
-    inputs = list(mapping_spec.inputs) + [t for t in student_spec.inputs if t.name != wire]
-    tensors = [f"- input `{t.name}` {_shape_text(t)} {t.dtype}: {t.doc}" for t in inputs]
-    tensors += [f"- output `{t.name}` {_shape_text(t)} {t.dtype}: {t.doc}" for t in student_spec.outputs]
-    feeds = "\n".join(f"    {t.name!r}: np.zeros({t.concrete(1)}, np.{t.dtype})," for t in inputs)
-    platform, file_name = BACKENDS[student_backend]
-    return f"""# nerfgan Triton model repository
-
-| model | platform | file |
-|---|---|---|
-| `{names.mapping}` | onnxruntime_onnx | `{names.mapping}/{VERSION}/model.onnx` |
-| `{names.student}` | {platform} | `{names.student}/{VERSION}/{file_name}` |
-| `{names.ensemble}` | ensemble | `{names.mapping}` -> `{names.student}`; `{wire}` stays on the server |
-
-Clients call `{names.ensemble}`, batch B <= {max_batch_size}:
-
-{chr(10).join(tensors)}
-
-```sh
-tritonserver --model-repository=/path/to/this/directory
-```
-
-```python
-import numpy as np
-import tritonclient.http as httpclient
-from tritonclient.utils import np_to_triton_dtype
-
-feeds = {{  # replace with real latents, psi and cameras (nerfgan.camera)
-{feeds}
-}}
-inputs = [httpclient.InferInput(k, list(v.shape), np_to_triton_dtype(v.dtype)) for k, v in feeds.items()]
-for i, v in zip(inputs, feeds.values()):
-    i.set_data_from_numpy(v)
-client = httpclient.InferenceServerClient("localhost:8000")
-result = client.infer("{names.ensemble}", inputs)
-image = result.as_numpy("{student_spec.outputs[0].name}")
-```
-"""
 
 
 def write_triton_repository(
@@ -229,7 +206,7 @@ def write_triton_repository(
     """Write the repository (see the module docstring) to ``repo_dir`` atomically and return its absolute path.
 
     mapping_file: the mapping ONNX file; student_file: the student ONNX file or TensorRT plan, per
-    ``student_backend`` ('onnxruntime' or 'tensorrt'). plan_max_batch: the largest batch of the plan's
+    ``student_backend`` ('onnxruntime', 'tensorrt' or 'python'; see the module docstring). plan_max_batch: the largest batch of the plan's
     optimisation profile, if known; a plan must cover max_batch_size. ``repo_dir`` may be missing or empty;
     with ``overwrite`` it may also hold a repository nerfgan wrote (check_destination), which is replaced only
     once the new one is complete. A folder holding anything else is refused and left as it is.
@@ -251,14 +228,20 @@ def write_triton_repository(
 def _repository_texts(names: TritonNames, mapping_spec: ModelSpec, student_spec: ModelSpec, student_backend: str,
                       serving: TritonServing) -> dict[str, str]:
     """Relative path -> text of every text file in the repository (all rendered before anything is written)."""
-    return {
-        f"{names.mapping}/config.pbtxt": model_config_text(names.mapping, mapping_spec, "onnxruntime_onnx", serving),
-        f"{names.student}/config.pbtxt": model_config_text(names.student, student_spec,
-                                                           BACKENDS[student_backend][0], serving),
+    from nerfgan.export.triton_readme import repository_readme  # (it imports this module)
+
+    texts = {
+        f"{names.mapping}/config.pbtxt": model_config_text(names.mapping, mapping_spec,
+                                                           mapping_backend(student_backend), serving),
+        f"{names.student}/config.pbtxt": model_config_text(names.student, student_spec, student_backend, serving),
         f"{names.ensemble}/config.pbtxt": ensemble_config_text(names, mapping_spec, student_spec,
                                                                serving.max_batch_size),
         "README.md": repository_readme(names, mapping_spec, student_spec, student_backend, serving.max_batch_size),
     }
+    if student_backend == "python":
+        for model in (names.mapping, names.student):
+            texts[f"{model}/{VERSION}/{MODEL_FILE}"] = MODEL_PY
+    return texts
 
 
 def _fill(root: Path, texts: dict[str, str], files: dict[str, tuple[Path, str]], ensemble: str) -> None:
@@ -291,7 +274,7 @@ def _check_backend(backend: str, student_file: str | os.PathLike[str], max_batch
     if backend not in BACKENDS:
         raise UsageError(f"student_backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
     suffix = Path(student_file).suffix.lower()
-    if suffix in {"onnxruntime": (".plan", ".engine", ".trt"), "tensorrt": (".onnx",)}[backend]:
+    if suffix in {"tensorrt": (".onnx",)}.get(backend, (".plan", ".engine", ".trt")):
         raise UsageError(f"{student_file}: student_backend is {backend!r}, which does not take a {suffix} file")
     if backend == "tensorrt" and instance_kind == "KIND_CPU":
         raise UsageError("instance_kind: KIND_CPU cannot run a TensorRT plan; use KIND_GPU or KIND_AUTO")
@@ -345,12 +328,13 @@ def _check_unique(tensor_names: list[str], model: str) -> None:
                           "names other than the mapping's output)")
 
 
-def _tensor_fields(tensor: TensorSpec, model: str) -> list[str]:
-    """The fields of one input/output entry: name, data_type, dims and, for a (B,) tensor, reshape."""
-    dims, reshape = triton_dims(tensor, model)
+def _tensor_fields(tensor: TensorSpec, model: str, reshape: bool = True) -> list[str]:
+    """The fields of one input/output entry: name, data_type, dims and, for a (B,) tensor of a composing model
+    (``reshape``), the reshape that hands the model (B,). Ensemble tensors never carry one (module docstring)."""
+    dims, shape = triton_dims(tensor, model)
     fields = [f"name: {_quote(tensor.name)}", f"data_type: {triton_dtype(tensor, model)}", f"dims: {_ints(dims)}"]
-    if reshape is not None:
-        fields.append(f"reshape: {{ shape: {_ints(reshape)} }}")
+    if reshape and shape is not None:
+        fields.append(f"reshape: {{ shape: {_ints(shape)} }}")
     return fields
 
 
@@ -386,7 +370,3 @@ def _quote(text: str) -> str:
     if not text.isprintable():
         raise ConfigError(f"{text!r}: names in a Triton config must be printable")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _shape_text(tensor: TensorSpec) -> str:
-    return "(" + ", ".join(str(d) for d in tensor.shape) + (",)" if len(tensor.shape) == 1 else ")")

@@ -6,8 +6,10 @@ Comparator) on random seeds and poses at batch 1 and 3, and judges FP32 with its
 
     fp32  every output's max |onnx - pytorch| <= fp32_atol (1e-4)
     fp16  every output's PSNR against the FP32 PyTorch student >= fp16_min_psnr (40 dB)
-    int8  for every output, PSNR(INT8 vs teacher) >= PSNR(FP32 student vs teacher) - int8_max_drop (2 dB),
-          on the calibration file's samples and teacher renders
+    int8  judged on held-out samples: the calibration file's last rows (int8_holdout of them, at least
+          INT8_MIN_SAMPLES), which the quantizer never saw; the first rows calibrate. For every output:
+          PSNR against the FP32 PyTorch student >= int8_min_psnr_vs_fp32 (30 dB), and
+          PSNR(INT8 vs teacher) >= PSNR(FP32 student vs teacher) - int8_max_drop (2 dB) on the teacher renders
 
 PSNR here is nerfgan's everywhere (nerfgan.metrics): images in [-1, 1], data range 2, per sample, averaged (Polygraphy's
 own PSNR takes the reference's maximum as the peak, which would not match our other figures).
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from nerfgan.errors import ExportMismatchError
+from nerfgan.errors import ExportMismatchError, InputFileError
 from nerfgan.metrics import mean_psnr
 from nerfgan.runtime import spec as S
 
@@ -61,6 +63,23 @@ def raise_on_misses(checks: Sequence[Check]) -> None:
 
 
 # --- inputs ------------------------------------------------------------------------------------------
+INT8_MIN_SAMPLES = 2  # fewest calibration file rows on each side of the INT8 split
+
+
+def int8_split(n: int, holdout: float, calib: str) -> int:
+    """Rows [0, k) of a calibration file of ``n`` samples calibrate INT8, rows [k, n) judge it; returns k.
+    The judging part is round(n * holdout) rows; each part needs INT8_MIN_SAMPLES."""
+    def parts(m: int) -> tuple[int, int]:
+        return m - int(round(m * holdout)), int(round(m * holdout))
+
+    if min(parts(n)) < INT8_MIN_SAMPLES:
+        need = next(m for m in range(2 * INT8_MIN_SAMPLES, 10**6) if min(parts(m)) >= INT8_MIN_SAMPLES)
+        raise InputFileError(f"{calib}: {n} sample(s); --int8 needs at least {need}, the first part to calibrate and "
+                             f"the last {holdout:.0%} to judge the INT8 file on samples it was not calibrated on "
+                             "(nerfgan calibrate --n)")
+    return parts(n)[0]
+
+
 def validation_feeds(student: StudentGenerator, spec: S.ModelSpec, batches: Sequence[int] = (1, 3),
                      seed: int = 1234) -> list[dict[str, np.ndarray]]:
     """Random seeds and poses from the training pose distribution, one feed per batch size."""

@@ -278,8 +278,10 @@ def compare(samples: Sequence[Sample], pairs: Sequence[tuple[int, int]], t: dict
                           "psnr_engine": masked_psnr(we, e["rgb"][b], mask),
                           "psnr_teacher": masked_psnr(wt, t["rgb"][b], mask)})
     ok = [p for p in pair_rows if p["psnr_engine"] is not None]
-    cons_e = float(np.mean([p["psnr_engine"] for p in ok])) if ok else None
-    cons_t = float(np.mean([p["psnr_teacher"] for p in ok])) if ok else None
+    engine_psnr = [v for p in ok if (v := p["psnr_engine"]) is not None]
+    teacher_psnr = [v for p in ok if (v := p["psnr_teacher"]) is not None]
+    cons_e = float(np.mean(engine_psnr)) if ok else None
+    cons_t = float(np.mean(teacher_psnr)) if ok else None
     agg: dict[str, float | None] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     agg.update({"consistency_psnr_engine": cons_e, "consistency_psnr_teacher": cons_t,
                 "consistency_gap_db": None if cons_e is None or cons_t is None else cons_t - cons_e})

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import invoke
+from conftest import UNTRAINED_INT8_MIN_PSNR, invoke
 
 from nerfgan.cli import export_main, main
 
@@ -19,7 +19,7 @@ def test_calibrate_then_export_fp32_fp16_int8_and_triton(tmp_path, tiny_student_
     assert "wrote" in out and (tmp_path / "calib.npz").is_file()
     code, out, err = invoke(export_main, ["--ckpt", tiny_student_path, "-o", tmp_path / "out", "--fp16", "--int8",
                                        "--calib", tmp_path / "calib.npz", "--triton", tmp_path / "repo",
-                                       "--batch", "1,2,8"], capsys)
+                                       "--batch", "1,2,8", "--int8-min-psnr", UNTRAINED_INT8_MIN_PSNR], capsys)
     assert code == 0, err
     assert "ok   student.onnx:image max_abs_error" in out and "MISS" not in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

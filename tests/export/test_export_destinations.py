@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke
+from conftest import UNTRAINED_INT8_MIN_PSNR, invoke
 from nerfgan.cli import export_main
 from nerfgan.errors import OutputError
 from nerfgan.export.pipeline import EXPORT_LOCK, ExportConfig, export
@@ -61,7 +61,8 @@ def test_a_folder_of_the_users_is_refused_and_untouched(tmp_path, tiny_student_p
 def test_reexport_replaces_its_own_files_and_keeps_the_users(tmp_path, tiny_student_path, tiny_calib_path):
     out = tmp_path / "export"
     log: list[str] = []
-    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=log.append)
+    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path),
+                                                int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR), log=log.append)
     assert (out / "student_int8.onnx").is_file()
     (out / "README.txt").write_text("the user's own notes beside the export")
     export(tiny_student_path, out, ExportConfig(), log=log.append)  # fewer precisions
@@ -73,7 +74,8 @@ def test_reexport_replaces_its_own_files_and_keeps_the_users(tmp_path, tiny_stud
 
 def test_reexport_keeps_a_listed_file_the_user_replaced(tmp_path, tiny_student_path, tiny_calib_path):
     out = tmp_path / "export"
-    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path)), log=lambda s: None)
+    export(tiny_student_path, out, ExportConfig(int8=True, calib=str(tiny_calib_path),
+                                                int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR), log=lambda s: None)
     (out / "student_int8.onnx").write_bytes(b"the user's own file under a name nerfgan once used")
     export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
     assert (out / "student_int8.onnx").read_bytes() == b"the user's own file under a name nerfgan once used"

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import saturate_int8_scales
+from conftest import UNTRAINED_INT8_MIN_PSNR, saturate_int8_scales
 from nerfgan.errors import ExportMismatchError
 from nerfgan.export import pipeline
 from nerfgan.export.pipeline import ExportConfig, export
@@ -34,6 +34,7 @@ def exported(tmp_path_factory, tiny_student_path, tiny_calib_path):
     out = tmp_path_factory.mktemp("export")
     repo = out / "triton"
     manifest = export(tiny_student_path, out / "onnx", ExportConfig(fp16=True, int8=True, calib=str(tiny_calib_path),
+                                                                   int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR,
                                                                    triton=str(repo)), log=lambda s: None)
     return out / "onnx", repo, manifest
 
@@ -146,7 +147,8 @@ def test_fp16_gate_fails_on_a_damaged_conversion(tmp_path, tiny_student_path, mo
 
     def damaged(model, extra_fp32_scopes=()):
         converted, kept, total = real(model, extra_fp32_scopes)
-        conv = next(n for n in converted.graph.node if n.name == "/g/superresolution/block1/torgb/Conv")  # not demodulated
+        conv = next(n for n in converted.graph.node  # not demodulated (onnxslim may rename the node within its scope)
+                    if n.op_type == "Conv" and n.name.startswith("/g/superresolution/block1/torgb/"))
         init = next(t for t in converted.graph.initializer if t.name in conv.input)
         w = onnx.numpy_helper.to_array(init)
         init.CopyFrom(onnx.numpy_helper.from_array((w * 1.1).astype(w.dtype), init.name))
@@ -181,22 +183,49 @@ def near_calib(tmp_path_factory, tiny_student_path, tiny_calib_path):
 
 
 def test_int8_gate_passes_for_a_good_quantization(tmp_path, tiny_student_path, near_calib):
-    manifest = export(tiny_student_path, tmp_path / "out", ExportConfig(int8=True, calib=str(near_calib)),
-                      log=lambda s: None)
-    checks = manifest["artifacts"][-1]["validation"]
-    assert {c["output"] for c in checks} == {"image", "image_raw"}
-    assert all(c["ok"] and c["value"] < 2.0 for c in checks)
-    fp32_psnr = float(checks[0]["detail"].split("fp32 ")[1].split(" dB")[0])
+    lines: list[str] = []
+    manifest = export(tiny_student_path, tmp_path / "out", ExportConfig(int8=True, calib=str(near_calib),
+                                                                        int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR),
+                      log=lines.append)
+    int8 = manifest["artifacts"][-1]
+    checks = {(c["metric"], c["output"]): c for c in int8["validation"]}
+    assert set(checks) == {(m, o) for m in ("psnr_db_vs_fp32", "psnr_drop_db_vs_teacher") for o in ("image", "image_raw")}
+    assert all(c["ok"] for c in checks.values())
+    assert checks["psnr_drop_db_vs_teacher", "image"]["value"] < 2.0
+    assert checks["psnr_db_vs_fp32", "image"]["threshold"] == UNTRAINED_INT8_MIN_PSNR
+    fp32_psnr = float(checks["psnr_drop_db_vs_teacher", "image"]["detail"].split("fp32 ")[1].split(" dB")[0])
     assert 17.0 < fp32_psnr < 23.0  # the premise of the fixture
+    # calibrated on the file's first 4 samples, judged on the other 4, and the manifest says which
+    assert int8["calibration_samples"] == 4
+    assert int8["judged_on"] == {"rows": [4, 8], "sample_index": [4, 5, 6, 7]}
+    assert all("held-out rows 4-7 of near.npz" in c["detail"] for c in checks.values())
+    assert any(line.startswith("ok   student_int8.onnx:image psnr_db_vs_fp32") for line in lines)
 
 
 def test_int8_gate_fails_on_saturating_scales(tmp_path, tiny_student_path, near_calib, monkeypatch):
     saturate_int8_scales(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(ExportMismatchError) as e:
-        export(tiny_student_path, out, ExportConfig(int8=True, calib=str(near_calib)), log=lambda s: None)
-    assert "student_int8.onnx:image psnr_drop_db_vs_teacher" in str(e.value)
-    assert "student_int8.onnx:image_raw psnr_drop_db_vs_teacher" in str(e.value)
+        export(tiny_student_path, out, ExportConfig(int8=True, calib=str(near_calib),
+                                                    int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR), log=lambda s: None)
+    for gate in ("psnr_db_vs_fp32", "psnr_drop_db_vs_teacher"):
+        assert f"student_int8.onnx:image {gate}" in str(e.value)
+        assert f"student_int8.onnx:image_raw {gate}" in str(e.value)
+    _assert_nothing_installed(out, set())
+
+
+def test_int8_gate_needs_samples_to_calibrate_and_to_judge(tmp_path, tiny_student_path, tiny_calib_path):
+    from nerfgan.calibrate.calibset import load_calibration_set, write_npz
+    from nerfgan.errors import InputFileError
+
+    cs = load_calibration_set(tiny_calib_path)
+    arrays = {k: v[:3] for k, v in cs.arrays.items()}
+    arrays["meta"] = np.array(json.dumps(dict(cs.meta, n=3)))
+    small = write_npz(tmp_path / "small.npz", arrays)
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError, match=r"small.npz: 3 sample\(s\); --int8 needs at least 4") as e:
+        export(tiny_student_path, out, ExportConfig(int8=True, calib=str(small)), log=lambda s: None)
+    assert "\n" not in str(e.value)
     _assert_nothing_installed(out, set())
 
 
@@ -225,7 +254,8 @@ def test_config_refuses_bad_options():
     from nerfgan.errors import UsageError
 
     for kwargs in ({"batch": (4, 2, 8)}, {"batch": (0, 1, 1)}, {"int8": True}, {"opset": 7},
-                   {"triton_precision": "fp16"}, {"int8_backend": "magic"}):
+                   {"triton_precision": "fp16"}, {"int8_backend": "magic"}, {"int8_holdout": 0.0},
+                   {"int8_holdout": 1.0}):
         with pytest.raises(UsageError):
             ExportConfig(**kwargs)
     assert pipeline.ExportConfig().to_json()

@@ -136,12 +136,14 @@ def test_concrete_dims(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None
 
 def test_psi_is_reshaped_to_the_bare_batch_axis(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
     cfg = configs(pb, write(tmp_path / "repo", inputs))
-    for model in (NAMES.mapping, NAMES.ensemble):
-        psi = next(t for t in cfg[model].input if t.name == "psi")
-        assert list(psi.dims) == [1]
-        assert psi.HasField("reshape") and list(psi.reshape.shape) == []  # the model sees (B,)
-        others = [t.name for t in cfg[model].input if t.HasField("reshape")]
-        assert others == ["psi"], model
+    mapping_psi, ensemble_psi = (next(t for t in cfg[m].input if t.name == "psi") for m in (NAMES.mapping, NAMES.ensemble))
+    assert list(mapping_psi.dims) == list(ensemble_psi.dims) == [1]  # clients send (B, 1)
+    assert mapping_psi.HasField("reshape") and list(mapping_psi.reshape.shape) == []  # the mapping sees (B,)
+    assert [t.name for t in cfg[NAMES.mapping].input if t.HasField("reshape")] == ["psi"]
+    # The ensemble input carries no reshape: a real Triton (2.51) refuses "ensemble tensor psi: inconsistent shape:
+    # [-1] is inferred from model nerfgan while [-1,1] is inferred from model nerfgan_mapping" otherwise.
+    ensemble = cfg[NAMES.ensemble]
+    assert not [t.name for t in list(ensemble.input) + list(ensemble.output) if t.HasField("reshape")]
 
 
 def test_defaults_and_no_dynamic_batching(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
@@ -214,16 +216,18 @@ def test_ensemble_wiring(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> No
     assert student_step.input_map["c"] == "c"
     assert {student_step.output_map[k] for k in student_step.output_map} == {t.name for t in ensemble.output}
 
-    # ensemble tensors agree in dtype, dims and reshape with the composing models' tensors they connect to
-    produced: dict[str, Any] = {t.name: signature(t) for t in ensemble.input}
+    # ensemble tensors agree in dtype and dims (what Triton compares: the shape a composing model declares to the
+    # outside, before its own reshape) with the composing models' tensors they connect to
+    produced: dict[str, Any] = {t.name: signature(t)[:2] for t in ensemble.input}
     for step in steps:
         model = cfg[step.model_name]
         for key, value in step.input_map.items():
-            assert produced[value] == signature(next(t for t in model.input if t.name == key)), (step.model_name, key)
+            wanted = signature(next(t for t in model.input if t.name == key))[:2]
+            assert produced[value] == wanted, (step.model_name, key)
         for key, value in step.output_map.items():
-            produced[value] = signature(next(t for t in model.output if t.name == key))
+            produced[value] = signature(next(t for t in model.output if t.name == key))[:2]
     for t in ensemble.output:
-        assert produced[t.name] == signature(t), t.name
+        assert produced[t.name] == signature(t)[:2], t.name
 
 
 def test_custom_names(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
@@ -264,7 +268,8 @@ def test_readme(tmp_path: Path, inputs: dict[str, Path]) -> None:
     code = re.search(r"```python\n(.*?)```", text, re.DOTALL)
     assert code is not None
     compile(code.group(1), "README.md", "exec")  # the client example is valid Python
-    assert "np.zeros((1,), np.float32)" in code.group(1)  # psi fed as (B,)
+    assert "'psi': np.full((1, 1), 0.7, np.float32)" in code.group(1)  # psi sent as (B, 1), as the ensemble declares
+    assert "`psi` (B, 1) float32" in text
 
 
 # --- refusals -----------------------------------------------------------------------------------------------------------
@@ -325,7 +330,7 @@ def test_serving_is_a_frozen_config() -> None:
     s = TritonServing(8, preferred_batch_sizes=(2, 8))
     with pytest.raises(AttributeError):
         s.max_batch_size = 4  # type: ignore[misc]
-    assert "preferred_batch_size: [ 2, 8 ]" in triton.model_config_text("m", MAPPING, "onnxruntime_onnx", s)
+    assert "preferred_batch_size: [ 2, 8 ]" in triton.model_config_text("m", MAPPING, "onnxruntime", s)
 
 
 # --- overwriting and atomicity ----------------------------------------------------------------------------------------
@@ -450,3 +455,74 @@ def test_failed_swap_restores_the_old_repository(tmp_path: Path, inputs: dict[st
     assert calls == [".nerfgan-owner.json", "repo", "repo", "repo"]  # owner file, old set aside, new refused, old back
     assert sorted(p.name for p in repo.iterdir()) == OLD_LISTING
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "repo"]
+
+
+# --- backends: python, and what differs between the three ---------------------------------------------------------------
+
+
+def test_python_backend_layout(tmp_path: Path, inputs: dict[str, Path], pb: Any) -> None:
+    from nerfgan.export.triton_python import MODEL_PY
+
+    repo = write(tmp_path / "repo", inputs, backend="python")
+    for model, source in ((NAMES.mapping, inputs["mapping"]), (NAMES.student, inputs["student"])):
+        version = repo / model / "1"
+        assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.py"]
+        assert (version / "model.onnx").read_bytes() == source.read_bytes()
+        assert (version / "model.py").read_text() == MODEL_PY
+        cfg = parse(pb, repo / model / "config.pbtxt")
+        assert (cfg.backend, cfg.platform) == ("python", "")
+    assert not any((repo / NAMES.ensemble / "1").iterdir())
+    compile(MODEL_PY, "model.py", "exec")
+    assert "from nerfgan.runtime" in MODEL_PY and "import torch" not in MODEL_PY
+    assert "Python backend" in (repo / "README.md").read_text()
+
+
+def test_python_backend_takes_onnx_only(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    with pytest.raises(UsageError, match=r"student\.plan: student_backend is 'python', which does not take a \.plan"):
+        write(tmp_path / "repo", inputs, backend="python", student_file=inputs["plan"])
+    assert not (tmp_path / "repo").exists()
+
+
+def test_backends_differ_only_in_their_composing_models_backend_line(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    repos = {b: write(tmp_path / b, inputs, backend=b, plan_max_batch=8) for b in ("onnxruntime", "tensorrt", "python")}
+    ensembles = {b: (r / NAMES.ensemble / "config.pbtxt").read_text() for b, r in repos.items()}
+    assert ensembles["onnxruntime"] == ensembles["tensorrt"] == ensembles["python"]  # one ensemble text for all three
+    line = {"onnxruntime": 'platform: "onnxruntime_onnx"', "tensorrt": 'platform: "tensorrt_plan"',
+            "python": 'backend: "python"'}
+    for model in (NAMES.mapping, NAMES.student):
+        texts = {b: (r / model / "config.pbtxt").read_text().splitlines() for b, r in repos.items()}
+        for b, lines in texts.items():
+            runs_in = "onnxruntime" if model == NAMES.mapping and b == "tensorrt" else b  # the mapping is never a plan
+            assert lines[1] == line[runs_in], (model, b)
+            assert lines[:1] + lines[2:] == texts["onnxruntime"][:1] + texts["onnxruntime"][2:], (model, b)
+    files = {b: sorted(str(p.relative_to(r)) for p in r.rglob("*") if p.is_file() and p.name != "README.md")
+             for b, r in repos.items()}
+    assert set(files["tensorrt"]) ^ set(files["onnxruntime"]) == {f"{NAMES.student}/1/model.onnx",
+                                                                  f"{NAMES.student}/1/model.plan"}
+    assert set(files["python"]) - set(files["onnxruntime"]) == {f"{NAMES.mapping}/1/model.py",
+                                                                f"{NAMES.student}/1/model.py"}
+    assert set(files["onnxruntime"]) <= set(files["python"])
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"triton": "repo", "triton_backend": "tensorflow"}, r"--triton-backend: choose one of onnxruntime, tensorrt, python"),
+    ({"triton_backend": "python"}, r"--triton-backend python: given without --triton REPO_DIR"),
+    ({"triton": "repo", "triton_backend": "tensorrt"}, r"--triton-backend tensorrt: serves a TensorRT plan; add --trt"),
+])
+def test_export_config_refuses_bad_triton_backends(kw: dict[str, Any], match: str) -> None:
+    from nerfgan.export.pipeline import ExportConfig
+
+    with pytest.raises(UsageError, match=match):
+        ExportConfig(**kw)
+
+
+def test_cli_takes_triton_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from nerfgan.cli import export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main(["--ckpt", str(tmp_path / "s.safetensors"), "--triton", str(tmp_path / "repo"),
+                     "--triton-backend", "python", "--dry-run"])
+    assert e.value.code == 0
+    assert json.loads(capsys.readouterr().out)["export"]["triton_backend"] == "python"
