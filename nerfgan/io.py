@@ -38,12 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(path)
     if final.is_dir():
         raise UsageError(f"{final}: is a directory, expected a file name")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(final.parent, final.name)
-        tmp_path, mode = _new_temp(final.parent, final.name, directory=False)
-    except OSError as e:
-        raise _output_error(final, e) from None
+    tmp_path, mode = _temp_beside(final, directory=False)
     try:
         yield tmp_path
         os.chmod(tmp_path, mode)
@@ -62,12 +57,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     The folder is removed on the way out unless the caller moved it away; ``path`` itself is never touched here.
     """
     final = Path(path)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(final.parent, final.name)
-        tmp, _ = _new_temp(final.parent, final.name, directory=True)
-    except OSError as e:
-        raise _output_error(final, e) from None
+    tmp, _ = _temp_beside(final, directory=True)
     try:
         yield tmp
     except OSError as e:
@@ -75,6 +65,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temp_beside(final: Path, directory: bool) -> tuple[Path, int]:
+    """A new temporary file or folder beside ``final`` (its parents made, stale temporaries of its name removed)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final.parent, final.name)
+        return _new_temp(final.parent, final.name, directory)
+    except OSError as e:
+        raise _output_error(final, e) from None
 
 
 def _new_temp(folder: Path, name: str, directory: bool) -> tuple[Path, int]:

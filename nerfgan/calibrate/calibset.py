@@ -99,7 +99,8 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
         raise CheckpointError(f"{tpath}: teacher config unreadable ({e})") from None
     if student.config.teacher != teacher_config:
         raise UsageError(f"{student_path}: this student was distilled from another teacher config than {tpath}")
-    teacher_check = _check_teacher(tpath, teacher_path, student_path, allow_other_teacher)
+    teacher = load_teacher(tpath)  # its weights digest is checked; it also renders the samples below
+    teacher_check = _check_teacher(teacher, teacher_path, student_path, allow_other_teacher)
     check_writable(out, "calibration file")
     dist = PoseDistribution()
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "nerfgan_version": nerfgan.__version__,
@@ -118,7 +119,6 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
         from nerfgan.sampling import draw
         from tqdm import tqdm  # type: ignore[import-untyped]
 
-        teacher = load_teacher(tpath)
         r = teacher_config.rendering
         parts: list[dict[str, np.ndarray]] = []
         with torch.no_grad(), tqdm(total=n, desc="teacher renders", unit="img", disable=not progress) as bar:
@@ -135,14 +135,13 @@ def make_calibration_set(teacher_path: str | os.PathLike[str], student_path: str
     return write_npz(out, stored)
 
 
-def _check_teacher(tpath: Path, teacher_arg: str | os.PathLike[str], student_path: str | os.PathLike[str],
+def _check_teacher(teacher: Any, teacher_arg: str | os.PathLike[str], student_path: str | os.PathLike[str],
                    allow_other: bool) -> dict[str, Any]:
     from nerfgan.student.checkpoint import read_student_metadata
-    from nerfgan.teacher.checkpoint import load_teacher, weights_digest
+    from nerfgan.teacher.checkpoint import weights_digest
     from nerfgan.teacher.identity import TEACHER_KEY, check_same_teacher
 
     meta = read_student_metadata(student_path)
-    teacher = load_teacher(tpath)
     return check_same_teacher(teacher=str(teacher_arg), teacher_config_json=teacher.config.to_json(),
                               teacher_digest=weights_digest(teacher), engine=str(student_path),
                               engine_config_json=meta.get("config"), engine_teacher_digest=meta.get(TEACHER_KEY),

@@ -221,20 +221,18 @@ def _unchanged(path: Path, sha: str | None) -> bool:
 
 
 def _listed_files(out: Path) -> dict[str, str | None]:
-    """Plain file names the folder's current manifest lists -> their recorded sha256 (None for plan sidecars)."""
+    """File names the folder's current manifest lists -> their recorded sha256 (None for plan sidecars); empty when
+    there is no well-formed manifest (S.read_export checks that every entry is a plain name in the folder)."""
     try:
-        manifest = S.read_manifest(out)
+        manifest = S.read_export(out)
     except NerfganError:
         return {}
     files: dict[str, str | None] = {}
-    for a in manifest.get("artifacts", []):
-        name = a.get("file") if isinstance(a, dict) else None
-        sha = a.get("sha256") if isinstance(a, dict) else None
-        if isinstance(name, str) and isinstance(sha, str) and name == Path(name).name \
-                and name not in ("", ".", "..", S.MANIFEST, OWNER_FILE):
-            files[name] = sha
-            if a.get("format") == "tensorrt" and name.endswith(".plan"):
-                files[name + ".json"] = None  # its sidecar (removed only if it is one: _unchanged)
+    for a in manifest.artifacts:
+        if a.file not in (S.MANIFEST, OWNER_FILE):
+            files[a.file] = a.sha256
+            if a.format == "tensorrt" and a.file.endswith(".plan"):
+                files[a.file + ".json"] = None  # its sidecar (removed only if it is one: _unchanged)
     return files
 
 
