@@ -367,11 +367,12 @@ def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:
 def _manifest(artifacts: list[Artifact], stage: Path, ckpt: Path, sha: str, teacher: str | None, student: Any, config: ExportConfig) -> dict[str, Any]:
     from nerfgan.export.to_onnx import specs_for
     from nerfgan.io import file_sha256
+    from nerfgan.teacher.identity import TEACHER_KEY
 
     specs = specs_for(student)
     return {
         "format": S.MANIFEST_FORMAT, "nerfgan_version": nerfgan.__version__,
-        "checkpoint": {"path": str(ckpt), "sha256": sha}, "teacher_weights_sha256": teacher,
+        "checkpoint": {"path": str(ckpt), "sha256": sha}, TEACHER_KEY: teacher,
         "student_config": json.loads(student.config.to_json()),
         "export_config": json.loads(config.to_json()),
         "artifacts": [{"file": a.file, "kind": a.kind, "precision": a.precision, "format": a.format,

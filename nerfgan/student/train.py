@@ -352,7 +352,7 @@ class Trainer:
                 raise UsageError(f"--resume: {cfg_path} was written with other settings ({', '.join(diff) or 'student'})")
             _, state_meta = read_safetensors(self.state_path, "training state", with_tensors=False)
             try:
-                recorded = json.loads(state_meta.get("info", "{}")).get("teacher_weights_sha256")
+                recorded = json.loads(state_meta.get("info", "{}")).get(TEACHER_KEY)
             except (ValueError, AttributeError):
                 raise CheckpointError(f"{self.state_path}: training state info is not valid JSON") from None
             if recorded is not None and recorded != self.teacher_sha256:
@@ -390,7 +390,7 @@ class Trainer:
     def _held_out_settings(self) -> str:
         scfg = self.G.config
         return json.dumps({"seed": self.cfg.seed + EVAL_SEED_OFFSET, "n": self.cfg.n_eval,
-                           "pose": asdict(self.cfg.pose), "teacher_weights_sha256": self.teacher_sha256,
+                           "pose": asdict(self.cfg.pose), TEACHER_KEY: self.teacher_sha256,
                            "teacher_config": json.loads(self.teacher.config.to_json()),
                            "resolution": scfg.resolution, "img_resolution": scfg.img_resolution}, sort_keys=True)
 
@@ -415,7 +415,7 @@ class Trainer:
             return
         refuse_links(self.run_dir)
         info = {"step": self.step, "train_seconds": self.train_seconds, "evaluated_marks": self.evaluated_marks,
-                "teacher_weights_sha256": self.teacher_sha256}
+                TEACHER_KEY: self.teacher_sha256}
         save_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
                          {"opt_g": self.opt_g, "opt_d": self.opt_d}, info)
         save_student(self.G_ema, self.run_dir / "student.safetensors",
