@@ -124,3 +124,25 @@ def _quantize_modelopt(fp32_path: str | os.PathLike[str], out_path: str | os.Pat
                 output_path=str(out_path))
     if not Path(out_path).is_file():
         raise UsageError(f"ModelOpt wrote no {out_path}")
+
+
+QDQ_FP16_OPSET = 19  # the first opset whose QuantizeLinear / DequantizeLinear take float16 inputs and scales
+
+
+def unquantized_to_fp16(model: Any) -> Any:
+    """The INT8 Q/DQ model (an onnx ModelProto) with its unquantized parts in float16: what TensorRT >= 10.12 builds.
+
+    A strongly typed TensorRT network takes every precision from the graph, so a Q/DQ graph whose other
+    layers are float32 runs them in FP32 and the INT8 plan can be slower than the FP16 one. Here the graph is
+    raised to opset 19 and converted like the FP16 file (nerfgan.calibrate.fp16.to_fp16: the mapping and the
+    demodulation stay float32): scales and the tensors around each Q/DQ pair become float16, the int8 weights
+    and zero points stay as they are. ONNX Runtime's CPU provider runs the result, so it is judged here by the
+    same INT8 gates before any plan is built from it.
+    """
+    from onnx import version_converter
+
+    from nerfgan.calibrate.fp16 import to_fp16
+
+    raised = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    converted, _, _ = to_fp16(raised)
+    return converted

@@ -33,11 +33,17 @@ from nerfgan.runtime import spec as S
 
 
 
+DEFAULT_BATCH = (1, 1, 16)
+DEFAULT_TRITON_BATCH = (1, 16, 16)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """What to export and how to judge it (saved in manifest.json)."""
 
-    batch: tuple[int, int, int] = (1, 1, 16)  # min, opt, max batch: TensorRT profile, Triton max_batch_size
+    # min, opt, max batch: TensorRT profile, Triton max_batch_size. None: (1, 16, 16) for a Triton repository, whose
+    # dynamic batcher forms batches up to max (the plans are tuned for them), else (1, 1, 16) for one image at a time.
+    batch: tuple[int, int, int] | None = None
     opset: int = 17  # ONNX opset
     fp16: bool = False  # also write student_fp16.onnx
     int8: bool = False  # also write student_int8.onnx (needs calib)
@@ -57,8 +63,15 @@ class ExportConfig:
     int8_min_psnr_vs_fp32: float = 30.0  # dB: every INT8 output against the float32 PyTorch student, at least
     int8_holdout: float = 0.5  # share of the calibration file's samples (its last rows) kept out of calibration to judge INT8
 
+    @property
+    def resolved_batch(self) -> tuple[int, int, int]:
+        assert self.batch is not None  # set by __post_init__
+        return self.batch
+
     def __post_init__(self) -> None:
-        lo, opt, hi = self.batch
+        if self.batch is None:
+            object.__setattr__(self, "batch", DEFAULT_TRITON_BATCH if self.triton else DEFAULT_BATCH)
+        lo, opt, hi = self.resolved_batch
         if not 1 <= lo <= opt <= hi:
             raise UsageError(f"--batch: need 1 <= MIN <= OPT <= MAX, got {lo},{opt},{hi}")
         if not 9 <= self.opset <= 21:
@@ -236,34 +249,44 @@ def _listed_files(out: Path) -> dict[str, str | None]:
     return files
 
 
+Judge = Callable[[Any, str], list[Any]]  # (a Polygraphy runner of a candidate, its file name) -> its gate's Checks
+
+
 def _make_all(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any,
               log: Callable[[str], None]) -> list[Artifact]:
+    """Write and judge every ONNX file, then the TensorRT plans (each held to the gate of its ONNX file)."""
     from nerfgan.export import validate as V
     from nerfgan.export.to_onnx import artifact_metadata, export_onnx, graph_for, specs_for, write_metadata
 
     specs = specs_for(student)
     artifacts: list[Artifact] = []
+    judges: dict[str, Judge] = {}  # ONNX file name -> how it (and a plan built from it) is judged
     reference: dict[str, tuple[list[dict[str, Any]], Any]] = {}  # kind -> (feeds, PyTorch outputs on them)
     for kind in ("mapping", "student"):
         name = f"{kind}.onnx"
         export_onnx(student, kind, stage / name, config.opset)
-        write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.batch, teacher))
+        write_metadata(stage / name, artifact_metadata(student, kind, "fp32", sha, config.resolved_batch, teacher))
         feeds = V.validation_feeds(student, specs[kind], config.validate_batches, config.validate_seed)
         reference[kind] = feeds, V.run_reference(V.torch_runner(graph_for(student, kind), specs[kind]), feeds)
-        results = V.run_pair(reference[kind][1], V.onnx_runner(stage / name), feeds)
-        artifacts.append(Artifact(name, kind, "fp32", "onnx", V.check_fp32(name, results, specs[kind], config.fp32_atol)))
+
+        def fp32_judge(runner: Any, file: str, kind: str = kind) -> list[Any]:
+            feeds, ref = reference[kind]
+            return V.check_fp32(file, V.run_pair(ref, runner, feeds), specs[kind], config.fp32_atol)
+
+        judges[name] = fp32_judge
+        artifacts.append(Artifact(name, kind, "fp32", "onnx", fp32_judge(V.onnx_runner(stage / name), name)))
         _log_checks(artifacts[-1], log)
     if config.fp16:
-        artifacts.append(_fp16(student, sha, teacher, stage, config, reference["student"], log))
+        artifacts.append(_fp16(student, sha, teacher, stage, config, reference["student"], judges, log))
     if config.int8:
-        artifacts.append(_int8(student, sha, teacher, stage, config, calib, log))
+        artifacts.append(_int8(student, sha, teacher, stage, config, calib, judges, log))
     if config.trt:
-        artifacts += _plans(student, stage, config, [a for a in artifacts if a.format == "onnx"], log)
+        artifacts += _plans(student, stage, config, [a for a in artifacts if a.format == "onnx"], judges, log)
     return artifacts
 
 
-def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, reference: tuple[list[dict[str, Any]], Any],
-          log: Callable[[str], None]) -> Artifact:
+def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig,
+          reference: tuple[list[dict[str, Any]], Any], judges: dict[str, Judge], log: Callable[[str], None]) -> Artifact:
     """student_fp16.onnx, judged against the float32 PyTorch outputs ``reference`` = (feeds, results)."""
     import onnx
 
@@ -275,16 +298,21 @@ def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
     name = "student_fp16.onnx"
     model, kept, total = to_fp16(onnx.load(str(stage / "student.onnx")))
     onnx.save(model, str(stage / name))
-    write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.batch, teacher))
+    write_metadata(stage / name, artifact_metadata(student, "student", "fp16", sha, config.resolved_batch, teacher))
     feeds, reference_results = reference
-    results = V.run_pair(reference_results, V.onnx_runner(stage / name), feeds)
-    a = Artifact(name, "student", "fp16", "onnx", V.check_psnr_vs_reference(name, results, spec, config.fp16_min_psnr),
+
+    def judge(runner: Any, file: str) -> list[Any]:
+        return V.check_psnr_vs_reference(file, V.run_pair(reference_results, runner, feeds), spec, config.fp16_min_psnr)
+
+    judges[name] = judge
+    a = Artifact(name, "student", "fp16", "onnx", judge(V.onnx_runner(stage / name), name),
                  {"nodes_kept_fp32": kept, "nodes": total})
     _log_checks(a, log)
     return a
 
 
-def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any, log: Callable[[str], None]) -> Artifact:
+def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, calib: Any,
+          judges: dict[str, Judge], log: Callable[[str], None]) -> Artifact:
     """student_int8.onnx, calibrated on the calibration file's first rows and judged on the rest (held out): against
     the float32 PyTorch student (int8_min_psnr_vs_fp32) and by its PSNR drop against the teacher (int8_max_drop)."""
     from dataclasses import replace
@@ -301,22 +329,25 @@ def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
     inputs = calib.student_inputs()
     backend, excluded = quantize(stage / "student.onnx", stage / name, {a: v[:k] for a, v in inputs.items()},
                                  config.int8_exclude, config.int8_backend)
-    meta = artifact_metadata(student, "student", "int8", sha, config.batch, teacher)
+    meta = artifact_metadata(student, "student", "int8", sha, config.resolved_batch, teacher)
     meta["nerfgan.calibration_sha256"] = file_sha256(calib.path)
     write_metadata(stage / name, meta)
     step = 8
     feeds = [{a: v[i:min(i + step, n)] for a, v in inputs.items()} for i in range(k, n, step)]
-    results = V.run_pair(V.run_reference(V.torch_runner(graph_for(student, "student"), spec), feeds),
-                         V.onnx_runner(stage / name), feeds)
-    ref, cand = V._outputs(results, 0), V._outputs(results, 1)
-    fp32 = {o: np.concatenate([r[o] for r in ref]) for o in spec.output_names}
-    q = {o: np.concatenate([c[o] for c in cand]) for o in spec.output_names}
+    reference = V.run_reference(V.torch_runner(graph_for(student, "student"), spec), feeds)
+    fp32 = {o: np.concatenate([r[o] for r in V._outputs(reference, 0)]) for o in spec.output_names}
     held_out = {o: v[k:] for o, v in calib.teacher_images().items()}
     where = f" [held-out rows {k}-{n - 1} of {Path(str(config.calib)).name}]"
-    checks = [replace(c, detail=c.detail + where)
-              for c in V.check_psnr_vs_reference(name, results, spec, config.int8_min_psnr_vs_fp32)
-              + V.check_psnr_drop_vs_teacher(name, fp32, q, held_out, config.int8_max_drop)]
-    a = Artifact(name, "student", "int8", "onnx", checks,
+
+    def judge(runner: Any, file: str) -> list[Any]:
+        results = V.run_pair(reference, runner, feeds)
+        q = {o: np.concatenate([c[o] for c in V._outputs(results, 1)]) for o in spec.output_names}
+        return [replace(c, detail=c.detail + where)
+                for c in V.check_psnr_vs_reference(file, results, spec, config.int8_min_psnr_vs_fp32)
+                + V.check_psnr_drop_vs_teacher(file, fp32, q, held_out, config.int8_max_drop)]
+
+    judges[name] = judge
+    a = Artifact(name, "student", "int8", "onnx", judge(V.onnx_runner(stage / name), name),
                  {"int8_backend": backend, "excluded_nodes": excluded, "calibration": str(calib.path),
                   "calibration_samples": k,
                   "judged_on": {"rows": [k, n], "sample_index": [int(i) for i in calib.arrays["index"][k:]]}})
@@ -324,20 +355,48 @@ def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
     return a
 
 
-def _plans(student: Any, stage: Path, config: ExportConfig, onnx_artifacts: list[Artifact],
+def _plans(student: Any, stage: Path, config: ExportConfig, onnx_artifacts: list[Artifact], judges: dict[str, Judge],
            log: Callable[[str], None]) -> list[Artifact]:
-    from nerfgan.export.tensorrt import build_engine
-    from nerfgan.export.to_onnx import read_metadata, specs_for
+    """A TensorRT plan of every ONNX file, run through the runtime's TensorRT backend on the feeds its ONNX file
+    was judged on and held to the same gate (an FP32 plan, built without TF32, to the FP32 tolerance).
+
+    On TensorRT >= 10.12 (strongly typed) the INT8 plan is built from the INT8 graph with its unquantized parts in
+    float16 (nerfgan.calibrate.int8.unquantized_to_fp16), itself judged by the INT8 gates first, so that the INT8
+    plan runs everything it does not quantize in FP16, as TensorRT's weakly typed INT8 builds did.
+    """
+    import tempfile
+
+    import onnx
+
+    from nerfgan.calibrate.int8 import unquantized_to_fp16
+    from nerfgan.export import validate as V
+    from nerfgan.export.tensorrt import STRONGLY_TYPED_SINCE, _version_tuple, build_engine
+    from nerfgan.export.to_onnx import read_metadata, specs_for, write_metadata
+    from nerfgan.runtime.plan import import_tensorrt
 
     specs = specs_for(student)
+    strongly_typed = _version_tuple(import_tensorrt().__version__) >= STRONGLY_TYPED_SINCE
     plans = []
-    for a in onnx_artifacts:
-        name = a.file.replace(".onnx", ".plan")
-        build_engine(stage / a.file, stage / name, spec=specs[a.kind], batch=config.batch, precision=a.precision,
-                     workspace_gib=config.workspace_gib, timing_cache=stage.parent / ".nerfgan-timing.cache",
-                     onnx_metadata=read_metadata(stage / a.file), log=log)
-        plans.append(Artifact(name, a.kind, a.precision, "tensorrt", [], {"onnx": a.file}))
-        log(f"built {name} (TensorRT; validated through its ONNX file, see the notes)")
+    with tempfile.TemporaryDirectory(prefix="nerfgan-plan-") as scratch:
+        for a in onnx_artifacts:
+            name = a.file.replace(".onnx", ".plan")
+            source, extra = stage / a.file, {"onnx": a.file}
+            if a.precision == "int8" and strongly_typed:
+                source = Path(scratch) / "student_int8_fp16.onnx"
+                onnx.save(unquantized_to_fp16(onnx.load(str(stage / a.file))), str(source))
+                write_metadata(source, read_metadata(stage / a.file))
+                source_checks = judges[a.file](V.onnx_runner(source), f"{a.file} (unquantized parts in FP16)")
+                for c in source_checks:
+                    log(f"{'ok  ' if c.ok else 'MISS'} {c.describe()}")
+                if not all(c.ok for c in source_checks):
+                    V.raise_on_misses(source_checks)
+                extra["built_from"] = f"{a.file} with its unquantized layers in float16 (opset 19 Q/DQ)"
+            build_engine(source, stage / name, spec=specs[a.kind], batch=config.resolved_batch, precision=a.precision,
+                         workspace_gib=config.workspace_gib, timing_cache=stage.parent / ".nerfgan-timing.cache",
+                         onnx_metadata=read_metadata(source), log=log)
+            plans.append(Artifact(name, a.kind, a.precision, "tensorrt",
+                                  judges[a.file](V.plan_runner(stage / name, specs[a.kind]), name), extra))
+            _log_checks(plans[-1], log)
     return plans
 
 
@@ -354,7 +413,7 @@ def _triton(config: ExportConfig, stage: Path, artifacts: list[Artifact], studen
     specs = specs_for(student)
     write_triton_repository(str(config.triton), mapping_file=stage / mapping_file, student_file=stage / student_file,
                             mapping_spec=specs["mapping"], student_spec=specs["student"], student_backend=backend,
-                            max_batch_size=config.batch[2], plan_max_batch=config.batch[2] if fmt == "tensorrt" else None,
+                            max_batch_size=config.resolved_batch[2], plan_max_batch=config.resolved_batch[2] if fmt == "tensorrt" else None,
                             overwrite=True)
     log(f"wrote Triton repository {config.triton} (student: {student_file}, {backend} backend)")
 

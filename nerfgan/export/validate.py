@@ -13,7 +13,9 @@ Comparator) on random seeds and poses at batch 1 and 3, and judges FP32 with its
 
 PSNR here is nerfgan's everywhere (nerfgan.metrics): images in [-1, 1], data range 2, per sample, averaged (Polygraphy's
 own PSNR takes the reference's maximum as the peak, which would not match our other figures).
-A miss raises ExportMismatchError listing every output that missed.
+A TensorRT plan is held to the gate of the ONNX file it was built from, run through the runtime's TensorRT
+backend on the same feeds (an FP32 plan is built without TF32 for this). A miss raises ExportMismatchError
+listing every output that missed.
 """
 
 from __future__ import annotations
@@ -143,6 +145,50 @@ def torch_runner(module: torch.nn.Module, spec: S.ModelSpec, name: str = "pytorc
             pass
 
     return TorchRunner()
+
+
+def backend_runner(open_backend: Any, spec: S.ModelSpec, name: str) -> Any:
+    """A Polygraphy runner over a nerfgan.runtime Backend (opened by ``open_backend()`` on activation, closed after):
+    the candidate is run by the same code an application runs it with."""
+    _polygraphy()
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class BackendRunner(BaseRunner):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name=name, prefix="nerfgan-runtime-runner")
+            self.backend: Any = None
+
+        def activate_impl(self) -> None:
+            self.backend = open_backend()
+
+        def get_input_metadata_impl(self) -> Any:
+            meta = TensorMetadata()
+            for t in spec.inputs:
+                meta.add(t.name, dtype=np.dtype(t.dtype), shape=[-1 if d == S.BATCH else d for d in t.shape])
+            return meta
+
+        def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+            start = time.time()
+            out = self.backend.infer({n: np.asarray(feed_dict[n]) for n in spec.input_names})
+            self.inference_time = time.time() - start
+            return OrderedDict((n, out[n]) for n in spec.output_names)
+
+        def deactivate_impl(self) -> None:
+            self.backend.close()
+            self.backend = None
+
+    return BackendRunner()
+
+
+def plan_runner(path: str | os.PathLike[str], spec: S.ModelSpec) -> Any:
+    """The runtime's TensorRT backend on a freshly built plan (needs TensorRT and the GPU that built it)."""
+    def open_plan() -> Any:
+        from nerfgan.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
+
+    return backend_runner(open_plan, spec, os.path.basename(path))
 
 
 def onnx_runner(path: str | os.PathLike[str], name: str | None = None) -> Any:

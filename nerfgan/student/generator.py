@@ -79,7 +79,7 @@ class PoseMapping(nn.Module):
             x = torch.cat([w, normalize_2nd_moment(self.embed(c))], dim=1)
         for layer in self.layers:
             x = layer(x)
-        return x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        return x.unsqueeze(1).expand(-1, self.num_ws, -1)  # one code for every layer, broadcast
 
     def extra_repr(self) -> str:
         return f"num_ws={self.num_ws}, pose_input={self.pose_input}"

@@ -53,7 +53,7 @@ def _depthwise_fir(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain:
     """Pad ``x`` (B, C, H, W) by (before, after) on both axes, then filter every channel with ``f * gain``."""
     C = int(x.shape[1])  # a constant when traced for ONNX: the depthwise kernel needs a static shape
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    w = (f * gain).flip([0, 1])[None, None].repeat(C, 1, 1, 1).to(x.dtype)
+    w = (f * gain).flip([0, 1])[None, None].expand(C, 1, -1, -1).to(x.dtype)
     return F.conv2d(x, w, groups=C)
 
 
@@ -266,7 +266,7 @@ class SynthesisBlock(nn.Module):
         """x (B, I, r, r) or None, img (B, img_channels, r', r') or None, ws (B, num_conv + 1, w_dim)."""
         w_iter = iter(ws.unbind(dim=1))
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # broadcast, not copied (no Tile in ONNX)
         else:
             assert x is not None
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused=fused)
@@ -317,7 +317,7 @@ class MappingNetwork(nn.Module):
         for i in range(self.num_layers):
             layer: FullyConnectedLayer = getattr(self, f"fc{i}")
             x = layer(x)
-        x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+        x = x.unsqueeze(1).expand(-1, self.num_ws, -1)
         if truncation_psi != 1:
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
             head = self.w_avg.lerp(x[:, :cutoff], truncation_psi)

@@ -62,7 +62,7 @@ class SuperResolution(nn.Module):
         block0 does not upsample and no resize happens; the second output lets the caller
         reproduce the ``image_raw`` that upstream returns in that case.
         """
-        ws = ws[:, -1:, :].repeat(1, 3, 1)
+        ws = ws[:, -1:, :].expand(-1, 3, -1)
         if self.needs_resize(x.shape[-1]):
             size = (self.input_resolution, self.input_resolution)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)

@@ -86,3 +86,39 @@ def test_int8_refuses_to_exclude_everything(tmp_path, student_onnx):
         quantize(student_onnx, tmp_path / "q.onnx", {}, exclude=("*",), backend="ort")
     with pytest.raises(UsageError, match="int8-backend"):
         quantize(student_onnx, tmp_path / "q.onnx", {}, backend="tensorrt")
+
+
+def test_int8_for_tensorrt_runs_its_unquantized_layers_in_float16(tmp_path, student_onnx, tiny_calib_path):
+    """The Q/DQ graph a strongly typed TensorRT build gets: float16 everywhere but the float32 islands, same
+    quantization, and (run by ONNX Runtime here) the same images as the float32-remainder INT8 file."""
+    import collections
+
+    import onnxruntime as ort
+
+    from nerfgan.calibrate.calibset import load_calibration_set
+    from nerfgan.calibrate.int8 import QDQ_FP16_OPSET, unquantized_to_fp16
+    from nerfgan.metrics import mean_psnr
+
+    calib = load_calibration_set(tiny_calib_path).student_inputs()
+    quantize(student_onnx, tmp_path / "q.onnx", calib, backend="ort")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    t = unquantized_to_fp16(onnx.load(str(tmp_path / "q.onnx")))
+    assert next(o.version for o in t.opset_import if o.domain in ("", "ai.onnx")) == QDQ_FP16_OPSET
+    g = onnx.shape_inference.infer_shapes(t).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input]}
+    types.update({i.name: i.data_type for i in t.graph.initializer})
+    ops = collections.Counter(n.op_type for n in t.graph.node)
+    assert ops["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0
+    for n in t.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert types[n.input[1]] == onnx.TensorProto.FLOAT16, n.name  # float16 scales: DQ yields float16
+        if n.op_type in ("Conv", "ConvTranspose"):
+            assert types[n.input[0]] == onnx.TensorProto.FLOAT16, n.name
+    assert {types[i.name] for i in t.graph.input} == {onnx.TensorProto.FLOAT}  # the IO stays float32
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    feeds = {k: v[:4] for k, v in calib.items()}
+    fp32, a, b = (ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(["image"], feeds)[0]
+                  for m in (onnx.load(str(student_onnx)), q, t))
+    assert mean_psnr(b, fp32) > mean_psnr(a, fp32) - 1.0  # float16 costs the INT8 file less than a dB against float32

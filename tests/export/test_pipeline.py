@@ -62,7 +62,7 @@ def test_files_manifest_and_metadata(exported, tiny_student_path):
         assert [i.name for i in model.graph.input] == spec.input_names
         assert [o.name for o in model.graph.output] == spec.output_names
         assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
-        assert json.loads(meta[S.META_BATCH]) == [1, 1, 16]
+        assert json.loads(meta[S.META_BATCH]) == [1, 16, 16]  # exported with a Triton repository: opt = max
     fp32 = {c["output"]: c["value"] for c in manifest["artifacts"][1]["validation"]}
     assert set(fp32) == {"image", "image_raw"} and max(fp32.values()) <= 1e-4
     assert not list(out.glob(".nerfgan-export-*")), "staging folder left behind"
@@ -276,3 +276,9 @@ def test_a_student_without_pose_input_exports_and_loads(tmp_path, builtin_teache
     with nr.load(tmp_path / "out") as g:
         left, right = g.render(seeds=0, yaw=[-30, 30])
     np.testing.assert_array_equal(left, right)  # no pose input: the same picture from every side
+
+
+def test_batch_default_is_tuned_for_what_serves_it():
+    assert ExportConfig().batch == (1, 1, 16)  # one image at a time (nerfgan-run, an app)
+    assert ExportConfig(triton="repo").batch == (1, 16, 16)  # Triton's dynamic batcher forms batches up to 16
+    assert ExportConfig(triton="repo", batch=(1, 2, 8)).batch == (1, 2, 8)  # as asked

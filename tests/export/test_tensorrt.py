@@ -32,12 +32,13 @@ PLAN_BYTES = b"\x00fake serialized engine\xff"
 class Recorder:
     """What the fake TensorRT was asked to do, and how it should answer."""
 
-    def __init__(self, version: str, inputs: list[str], *, parse_errors: tuple[str, ...] = (),
+    def __init__(self, version: str, inputs: list[str] | None, *, parse_errors: tuple[str, ...] = (),
                  build_ok: bool = True, cache_accepted: bool = True) -> None:
         self.version, self.inputs, self.parse_errors = version, inputs, parse_errors
         self.build_ok, self.cache_accepted = build_ok, cache_accepted
         self.network_flags: int | None = None
         self.parsed: str | None = None
+        self.parsed_files: list[tuple[str, int]] = []  # (file name, opset) of every real ONNX file parsed
         self.builder_flags: list[str] = []
         self.pool_limits: dict[str, int] = {}
         self.profiles: list[dict[str, tuple[tuple[int, ...], ...]]] = []
@@ -90,7 +91,14 @@ def fake_tensorrt(rec: Recorder) -> types.ModuleType:
 
         def parse_from_file(self, path: str) -> bool:
             rec.parsed = path
-            self.network.input_names = list(rec.inputs)
+            if rec.inputs is None:  # read the real file (export pipeline tests)
+                import onnx
+
+                model = onnx.load(path)
+                self.network.input_names = [i.name for i in model.graph.input]
+                rec.parsed_files.append((Path(path).name, max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))))
+            else:
+                self.network.input_names = list(rec.inputs)
             return not rec.parse_errors
 
         @property
@@ -455,3 +463,76 @@ def test_check_sidecar_refuses_another_build(version: str, capability: str) -> N
                        rf"compute 9\.0.*this machine has TensorRT {version}.*compute {capability}") as e:
         T.check_sidecar(SIDECAR, version, "NVIDIA L40S", capability, plan="student.plan")
     assert isinstance(e.value, InputFileError)
+
+
+# --- plans in the export pipeline: held to their ONNX file's gate ---------------------------------
+
+def fake_plans(monkeypatch: pytest.MonkeyPatch, version: str, error: float = 0.0) -> Recorder:
+    """A fake TensorRT builds the plans; each 'plan' runs as the ONNX file it was built from (ONNX Runtime)
+    plus ``error`` times the output's scale of relative error, in place of the runtime's TensorRT backend."""
+    import numpy as np
+
+    from nerfgan.export import validate as V
+
+    rec = install(monkeypatch, version, spec=STUDENT)
+    rec.inputs = None
+
+    def plan_runner(path, spec):
+        source = Path(path).with_suffix(".onnx")
+
+        class Opened:
+            def __init__(self) -> None:
+                import onnxruntime as ort
+
+                so = ort.SessionOptions()
+                so.log_severity_level = 3
+                self.session = ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+
+            def infer(self, feeds):
+                outs = self.session.run(spec.output_names, feeds)
+                rng = np.random.default_rng(0)
+                return {n: (o + error * np.abs(o).max() * rng.standard_normal(o.shape)).astype(np.float32)
+                        for n, o in zip(spec.output_names, outs)}
+
+            def close(self) -> None:
+                pass
+
+        return V.backend_runner(Opened, spec, Path(path).name)
+
+    monkeypatch.setattr(V, "plan_runner", plan_runner)
+    return rec
+
+
+def test_plans_are_judged_like_their_onnx_files(monkeypatch, tmp_path, tiny_student_path, tiny_calib_path):
+    from conftest import UNTRAINED_INT8_MIN_PSNR
+
+    from nerfgan.export.pipeline import ExportConfig, export
+
+    rec = fake_plans(monkeypatch, "10.13.0.35")
+    logs: list[str] = []
+    manifest = export(tiny_student_path, tmp_path / "out", ExportConfig(
+        fp16=True, int8=True, calib=str(tiny_calib_path), int8_min_psnr_vs_fp32=UNTRAINED_INT8_MIN_PSNR, trt=True),
+        log=logs.append)
+    plans = {a["file"]: a for a in manifest["artifacts"] if a["format"] == "tensorrt"}
+    assert sorted(plans) == ["mapping.plan", "student.plan", "student_fp16.plan", "student_int8.plan"]
+    metrics = {f: {c["metric"] for c in a["validation"]} for f, a in plans.items()}
+    assert metrics["student.plan"] == {"max_abs_error"} and metrics["student_fp16.plan"] == {"psnr_db_vs_fp32"}
+    assert metrics["student_int8.plan"] == {"psnr_db_vs_fp32", "psnr_drop_db_vs_teacher"}
+    assert all(c["ok"] for a in plans.values() for c in a["validation"])
+    # strongly typed: the INT8 plan is built from the Q/DQ graph with float16 elsewhere (opset 19), judged first
+    assert ("student_int8_fp16.onnx", 19) in rec.parsed_files
+    assert plans["student_int8.plan"]["built_from"].startswith("student_int8.onnx with its unquantized layers")
+    assert any("student_int8.onnx (unquantized parts in FP16)" in line for line in logs)
+    assert (tmp_path / "out" / "student_int8.plan.json").is_file()
+
+
+def test_a_plan_off_by_tf32_rounding_fails_the_fp32_gate(monkeypatch, tmp_path, tiny_student_path):
+    """1e-3 relative error, what TF32's 10-bit mantissa gives: far over the 1e-4 FP32 tolerance. The export
+    fails with the plans named and OUT gets no artifact (only the lock and TensorRT's timing cache)."""
+    from nerfgan.errors import ExportMismatchError
+    from nerfgan.export.pipeline import ExportConfig, export
+
+    fake_plans(monkeypatch, "10.13.0.35", error=1e-3)
+    with pytest.raises(ExportMismatchError, match=r"mapping\.plan:w max_abs_error .*student\.plan:image max_abs_error"):
+        export(tiny_student_path, tmp_path / "out", ExportConfig(trt=True), log=lambda s: None)
+    assert only(tmp_path / "out") == [".nerfgan-export.lock", ".nerfgan-timing.cache"]  # no artifact, no manifest
