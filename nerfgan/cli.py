@@ -7,12 +7,14 @@ error's code (1, or 2 for usage errors); anything else is a bug and keeps its tr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
+from nerfgan.cli_common import SEED, checkpoint_option, dry_run_option, echo_json, out_option, version_option
 from nerfgan.errors import NerfganError, UsageError
 from nerfgan.io import check_writable
 
@@ -27,15 +29,26 @@ def _device(name: str) -> str:
     return name
 
 
-SEED = click.IntRange(0, 2**32 - 1)  # numpy RandomState seeds, as upstream
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to run.")
 
 
 @click.group()
-@click.version_option(package_name="nerfgan")
+@version_option("nerfgan")
 def cli() -> None:
-    """nerfgan: EG3D teacher, convolutional student, export and runtime."""
+    """nerfgan: distil an EG3D teacher into a fast student, export it, run it.
+
+    \b
+    start here: nerfgan quickstart -o qs
+
+    \b
+    Examples:
+      nerfgan quickstart -o qs
+      nerfgan teacher render --teacher tiny --seed 3 --pose 30,0 -o view.png
+      nerfgan train --teacher tiny -o run --minutes 10
+      nerfgan export --student qs/run/student.safetensors -o export
+      nerfgan-run --engine qs/export --seed 3 --pose 30,0 -o view.png
+    """
 
 
 def _register_runtime_commands() -> None:
@@ -53,22 +66,38 @@ def _register_runtime_commands() -> None:
 _register_runtime_commands()
 
 
-@cli.group()
+@cli.group(short_help="The EG3D teacher: import, render, render sets, verify.")
 def teacher() -> None:
-    """The EG3D teacher: import upstream checkpoints, render, verify against upstream renders."""
+    """The EG3D teacher: import upstream checkpoints, render, verify against upstream renders.
+
+    \b
+    Examples:
+      nerfgan teacher render --teacher tiny --seed 3 --pose 30,0 -o view.png
+      nerfgan teacher import ffhq512-128.pkl -o ffhq.safetensors
+      nerfgan teacher renders --teacher tiny --n 1024 -o renders
+    """
 
 
-@teacher.command("verify")
+@teacher.command("verify", short_help="Compare the teacher with upstream's recorded outputs.")
 @click.argument("reference", type=click.Path(dir_okay=False))
+@dry_run_option("Print the resolved settings as JSON; render nothing.")
 @DEVICE
-def teacher_verify(reference: str, device: str) -> None:
+def teacher_verify(reference: str, dry_run: bool, device: str) -> None:
     """Render REFERENCE.npz's recorded inputs and compare with its upstream outputs.
 
     Prints the max absolute error of each output against its tolerance; exits 0 when all are
     within, 1 otherwise.
+
+    \b
+    Examples:
+      nerfgan teacher verify tests/fixtures/eg3d_tiny_sr128.npz
+      nerfgan teacher verify reference.npz --device cuda
     """
     from nerfgan.teacher.reference import verify_reference
 
+    if dry_run:
+        echo_json({"reference": reference, "device": _device(device)})
+        return
     checks = verify_reference(reference, device=_device(device))
     click.echo(f"{'output':<15} {'max abs error':>14} {'tolerance':>10}  result")
     for c in checks:
@@ -80,14 +109,20 @@ def teacher_verify(reference: str, device: str) -> None:
     click.echo(f"{reference}: all {len(checks)} outputs within tolerance")
 
 
-@teacher.command("import")
+@teacher.command("import", short_help="Convert an upstream EG3D snapshot to a safetensors teacher.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="TEACHER.safetensors to write.")
+@out_option("output", "TEACHER.safetensors to write.", required=True, type=click.Path(dir_okay=False))
 @click.option("--which", type=click.Choice(["G_ema", "G"]), default="G_ema", show_default=True,
               help="Which generator of the snapshot to convert.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and write nothing.")
 def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> None:
-    """Convert an upstream EG3D snapshot CHECKPOINT.pkl to a safetensors teacher (nothing in it is executed)."""
+    """Convert an upstream EG3D snapshot CHECKPOINT.pkl to a safetensors teacher (nothing in it is executed).
+
+    \b
+    Examples:
+      nerfgan teacher import ffhq512-128.pkl -o ffhq.safetensors
+      nerfgan teacher import ffhq512-128.pkl -o ffhq.safetensors --dry-run
+    """
     from nerfgan.errors import CheckpointError, ConfigError
     from nerfgan.teacher.checkpoint import build_teacher, save_teacher
     from nerfgan.teacher.config import TeacherConfig
@@ -111,9 +146,10 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
                f"neural rendering {config.neural_rendering_resolution}px")
 
 
-@teacher.command("render")
-@click.option("--ckpt", default="tiny", show_default=True,
-              help="TEACHER.safetensors, or the name of a built-in teacher ('tiny': EG3D fitted to nerfgan's scene family).")
+@teacher.command("render", short_help="Render one view of one seed with the teacher.")
+@checkpoint_option("teacher", "teacher_path", default="tiny", show_default=True,
+                   help="The teacher: TEACHER.safetensors, or the name of a built-in teacher ('tiny': EG3D fitted to "
+                        "nerfgan's scene family). Old name: --ckpt.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Latent seed (numpy RandomState, as upstream).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view; +yaw moves the camera to the subject's "
@@ -121,13 +157,19 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
 @click.option("--truncation", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True, help="Truncation psi.")
 @click.option("--fov", type=click.FloatRange(1.0, 120.0), default=None,
               help="Diagonal field of view in degrees (default: focal 4.2647, about 18.8 degrees).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image to write (.png).")
+@out_option("output", "Image to write (.png).", required=True, type=click.Path(dir_okay=False))
 @click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth map (.png, near = bright).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved cameras and config, render nothing.")
 @DEVICE
-def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov: float | None, output: str,
+def teacher_render(teacher_path: str, seed: int, pose_text: str, truncation: float, fov: float | None, output: str,
                    depth: str | None, dry_run: bool, device: str) -> None:
-    """Render one view of one seed: a newcomer's first picture."""
+    """Render one view of one seed: a newcomer's first picture.
+
+    \b
+    Examples:
+      nerfgan teacher render --teacher tiny --seed 3 --pose 30,0 -o view.png
+      nerfgan teacher render --teacher qs/teacher.safetensors --seed 7 -o view.png --depth depth.png
+    """
     from nerfgan import camera
     from nerfgan.io import depth_to_uint8, save_png, to_uint8
     from nerfgan.teacher.checkpoint import load_teacher
@@ -139,7 +181,7 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
             raise UsageError(f"{path}: output must be a .png file")
         if not dry_run:
             check_writable(path, "image")
-    model = load_teacher(ckpt, device=_device(device))
+    model = load_teacher(teacher_path, device=_device(device))
     if dry_run:
         c, c_cond = cameras_for(model, yaw, pitch, radius, fov)
         click.echo(json.dumps({"seed": seed, "yaw_deg": yaw, "pitch_deg": pitch, "truncation": truncation,
@@ -154,14 +196,14 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
         click.echo(f"wrote {depth} ({out.image_depth.shape[-1]}x{out.image_depth.shape[-2]})")
 
 
-@teacher.command("renders")
+@teacher.command("renders", short_help="Render N teacher samples into a sharded render set.")
 @click.option("--teacher", "teacher_path", required=True,
               help="TEACHER.safetensors, or the name of a built-in teacher ('tiny').")
 @click.option("--n", "n", type=click.IntRange(1, 1_000_000), required=True,
               help="Number of samples in the set (a larger --n extends a set).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sample set (sample i depends on (seed, i) only).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="RENDERS_DIR: the render set directory (created, or resumed when it holds the same set).")
+@out_option("output", "RENDERS_DIR: the render set directory (created, or resumed when it holds the same set).",
+            required=True, type=click.Path(file_okay=False))
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True, help="Samples per teacher call.")
 @click.option("--shard-size", type=click.IntRange(1, 4096), default=64, show_default=True, help="Samples per shard file.")
 @click.option("--yaw-std", type=click.FloatRange(min=0.0), default=20.0, show_default=True,
@@ -172,7 +214,13 @@ def teacher_render(ckpt: str, seed: int, pose_text: str, truncation: float, fov:
 @DEVICE
 def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_size: int, shard_size: int,
                     yaw_std: float, pitch_std: float, dry_run: bool, device: str) -> None:
-    """Render the teacher once for N seeded samples into a sharded render set (training, calibration, parity)."""
+    """Render the teacher once for N seeded samples into a sharded render set (training, calibration, parity).
+
+    \b
+    Examples:
+      nerfgan teacher renders --teacher tiny --n 1024 -o renders
+      nerfgan teacher renders --teacher tiny --n 2048 -o renders     # extends the set to 2048
+    """
     import time
 
     from nerfgan.sampling import PoseDistribution
@@ -194,17 +242,19 @@ def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_siz
                f"{rs.disk_bytes() / 1e6:.1f} MB, {seconds:.1f} s")
 
 
-@cli.command("train")
+@cli.command("train", short_help="Distil the teacher into a convolutional student.")
 @click.option("--teacher", "teacher_path", default="tiny", show_default=True,
               help="TEACHER.safetensors, or a built-in teacher name.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="RUN_DIR: checkpoints, metrics, grids.")
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="RUN_DIR: checkpoints, metrics, grids.")
 @click.option("--preset", type=click.Choice(["tiny", "ffhq512"]), default="tiny", show_default=True,
               help="Student widths and training defaults.")
 @click.option("--renders", type=click.Path(file_okay=False), default=None,
               help="Teacher render set (nerfgan teacher renders); default: render on the fly.")
 @click.option("--refresh", type=click.FloatRange(0, 1), default=None, help="With --renders: fraction of each batch rendered fresh.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Train until this many steps in total.")
-@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None, help="Train for this much training time.")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Train for this many minutes of training time (evaluations and checkpoints not counted); with "
+                   "--steps, whichever comes first.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch (split over processes).")
 @click.option("--stage1-steps", type=click.IntRange(0), default=None, help="Reconstruction-only steps before the adversarial loss.")
@@ -221,7 +271,15 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
           minutes: float | None, resume: bool, batch_size: int | None, stage1_steps: int | None, lr: float | None,
           no_pose: bool, eval_every: int | None, eval_minutes: str | None, ckpt_every: int | None, n_eval: int | None,
           seed: int | None, dry_run: bool, device: str) -> None:
-    """Distil the teacher into a pose-conditioned convolutional student (torchrun for many processes)."""
+    """Distil the teacher into a pose-conditioned convolutional student (torchrun for many processes).
+
+    \b
+    Examples:
+      nerfgan train --teacher tiny -o run --minutes 10
+      nerfgan train --teacher tiny -o run --steps 2000 --renders renders
+      nerfgan train --teacher tiny -o run --steps 4000 --resume
+      torchrun --nproc_per_node=2 -m nerfgan.cli train --teacher tiny -o run --steps 2000
+    """
     from nerfgan.student.train import Trainer, init_distributed, train_preset
     from nerfgan.teacher.checkpoint import load_teacher
 
@@ -241,6 +299,8 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
     if steps is None and minutes is None and not dry_run:
         raise UsageError("give --steps N or --minutes M")
     dev = init_distributed(_device(device))
+    if not dry_run and int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"loading the teacher {teacher_path} ...", err=True)
     teacher = load_teacher(teacher_path, device=dev)
     if dry_run:
         scfg = cfg.student_config(teacher.config)
@@ -254,20 +314,32 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
                    f"(low-res); wrote {trainer.run_dir / 'student.safetensors'}")
 
 
-@cli.command("quickstart")
-@click.option("-o", "--output", "out_dir", default="quickstart", show_default=True, type=click.Path(file_okay=False),
-              help="DIR for everything the pipeline makes.")
+@cli.command("quickstart", short_help="Start here: the whole pipeline on the built-in teacher.")
+@out_option("out_dir", "DIR for everything the pipeline makes.", default="quickstart", show_default=True,
+            type=click.Path(file_okay=False))
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="Distillation time.")
 @click.option("--renders", "n_renders", type=click.IntRange(8), default=192, show_default=True,
               help="Teacher renders to distil from.")
 @click.option("--force", is_flag=True, help="Redo every stage instead of reusing finished ones.")
+@dry_run_option("Print the resolved settings and which stages would run as JSON; make nothing.")
 @DEVICE
-def quickstart(out_dir: str, minutes: float, n_renders: int, force: bool, device: str) -> None:
-    """The whole pipeline on the built-in teacher: distil, export, render, check parity and ground truth, benchmark."""
-    from nerfgan.quickstart import Quickstart
+def quickstart(out_dir: str, minutes: float, n_renders: int, force: bool, dry_run: bool, device: str) -> None:
+    """The whole pipeline on the built-in teacher: distil, export, render, check parity and ground truth, benchmark.
+
+    \b
+    Examples:
+      nerfgan quickstart -o qs
+      nerfgan quickstart -o qs --minutes 1 --renders 64
+      nerfgan quickstart -o qs --force          # redo every stage
+    """
+    from nerfgan.quickstart import STAGES, Quickstart
 
     q = Quickstart(out_dir, minutes, n_renders, force, _device(device))
+    if dry_run:
+        echo_json({"out": out_dir, "minutes": minutes, "renders": n_renders, "force": force, "device": q.device,
+                   "stages": {s: "reuse" if q.done(s) else "run" for s in STAGES}})
+        return
     q.run()
     q.summary()
 
@@ -284,12 +356,13 @@ def _batch_triple(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-@cli.command("calibrate")
+@cli.command("calibrate", short_help="Store calibration samples for INT8 export and its gate.")
 @click.option("--teacher", "teacher_path", default="tiny", show_default=True,
-              help="TEACHER.safetensors the student was distilled from, or a built-in teacher name.")
-@click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors.")
+              help="The teacher: TEACHER.safetensors the student was distilled from, or a built-in teacher name.")
+@checkpoint_option("student", "student_path", required=True, type=click.Path(dir_okay=False),
+                   help="The student: STUDENT.safetensors (a run's student.safetensors). Old name: --ckpt.")
 @click.option("--n", "n", type=click.IntRange(1, 10_000), default=256, show_default=True, help="Number of samples.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CALIB.npz to write.")
+@out_option("output", "CALIB.npz to write.", required=True, type=click.Path(dir_okay=False))
 @click.option("--seed", type=SEED, default=1, show_default=True,
               help="Seed of the samples (training pose distribution). Training draws seed 0 by default: another "
                    "seed keeps the INT8 gate on samples the student never saw.")
@@ -298,12 +371,24 @@ def _batch_triple(text: str) -> tuple[int, int, int]:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True, help="Samples per teacher call.")
 @click.option("--allow-other-teacher", is_flag=True,
               help="Calibrate even when the student records another teacher's weights (the file says so).")
-def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, renders: str | None, batch_size: int,
-              allow_other_teacher: bool) -> None:
-    """Store the student's ONNX inputs and the teacher's renders for N samples (INT8 calibration and its gate)."""
+@dry_run_option("Print the resolved settings as JSON; render and write nothing.")
+def calibrate(teacher_path: str, student_path: str, n: int, output: str, seed: int, renders: str | None,
+              batch_size: int, allow_other_teacher: bool, dry_run: bool) -> None:
+    """Store the student's ONNX inputs and the teacher's renders for N samples (INT8 calibration and its gate).
+
+    \b
+    Examples:
+      nerfgan calibrate --teacher tiny --student qs/run/student.safetensors --n 32 -o calib.npz
+      nerfgan calibrate --teacher qs/teacher.safetensors --student qs/run/student.safetensors \\
+          --renders qs/renders --n 64 -o calib.npz
+    """
     from nerfgan.calibrate.calibset import load_calibration_set, make_calibration_set
 
-    make_calibration_set(teacher_path, ckpt, n, output, seed=seed, renders=renders, batch_size=batch_size, progress=True,
+    if dry_run:
+        echo_json({"teacher": teacher_path, "student": student_path, "n": n, "out": output, "seed": seed,
+                   "renders": renders, "batch_size": batch_size, "allow_other_teacher": allow_other_teacher})
+        return
+    make_calibration_set(teacher_path, student_path, n, output, seed=seed, renders=renders, batch_size=batch_size, progress=True,
                          allow_other_teacher=allow_other_teacher)
     cs = load_calibration_set(output)
     click.echo(f"wrote {output}: {len(cs)} samples ({cs.meta['source']}, seed {cs.meta['seed']})")
@@ -311,9 +396,11 @@ def calibrate(teacher_path: str, ckpt: str, n: int, output: str, seed: int, rend
 
 def _export_options(f: Any) -> Any:
     options = [
-        click.option("--ckpt", required=True, type=click.Path(dir_okay=False), help="STUDENT.safetensors to export."),
-        click.option("-o", "--output", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
-                     help="OUT_DIR for the ONNX files, plans and manifest.json."),
+        checkpoint_option("student", "student_path", required=True, type=click.Path(dir_okay=False),
+                          help="The student to export: STUDENT.safetensors (a run's student.safetensors). "
+                               "Old name: --ckpt."),
+        out_option("out_dir", "OUT_DIR for the ONNX files, plans and manifest.json.", default="export",
+                   show_default=True, type=click.Path(file_okay=False)),
         click.option("--fp16", is_flag=True, help="Also write student_fp16.onnx (float16 inside, float32 IO)."),
         click.option("--int8", is_flag=True, help="Also write student_int8.onnx (symmetric per-channel Q/DQ)."),
         click.option("--calib", type=click.Path(dir_okay=False), default=None, help="CALIB.npz for --int8 (nerfgan calibrate)."),
@@ -336,8 +423,9 @@ def _export_options(f: Any) -> Any:
                      help="Who runs the composing models: Triton's ONNX Runtime backend, TensorRT (the student as a "
                           "plan; needs --trt), or its Python backend running nerfgan.runtime (CPU-only servers, "
                           "tests). Default: tensorrt with --trt, else onnxruntime."),
-        click.option("--batch", "batch_text", default="1,1,16", show_default=True,
-                     help="MIN,OPT,MAX batch of the TensorRT profile and Triton's max_batch_size."),
+        click.option("--batch", "batch_text", default=None,
+                     help="MIN,OPT,MAX batch of the TensorRT profile and Triton's max_batch_size (MAX alone: 1,MAX,MAX). "
+                          "Default 1,16,16 with --triton (plans tuned for the batches Triton forms), else 1,1,16."),
         click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset."),
         click.option("--dry-run", is_flag=True, help="Print the resolved export config and exit."),
     ]
@@ -346,10 +434,10 @@ def _export_options(f: Any) -> Any:
     return f
 
 
-def _run_export(ckpt: str, out_dir: str, fp16: bool, int8: bool, calib: str | None, int8_exclude: str | None,
+def _run_export(student_path: str, out_dir: str, fp16: bool, int8: bool, calib: str | None, int8_exclude: str | None,
                 int8_min_psnr: float | None,
                 int8_backend: str, trt: bool, workspace: float, triton: str | None, triton_precision: str | None,
-                triton_backend: str | None, batch_text: str, opset: int, dry_run: bool) -> None:
+                triton_backend: str | None, batch_text: str | None, opset: int, dry_run: bool) -> None:
     from nerfgan.export.pipeline import ExportConfig, export
 
     extra: dict[str, Any] = {}
@@ -357,27 +445,39 @@ def _run_export(ckpt: str, out_dir: str, fp16: bool, int8: bool, calib: str | No
         extra["int8_exclude"] = tuple(p.strip() for p in int8_exclude.split(",") if p.strip())
     if int8_min_psnr is not None:
         extra["int8_min_psnr_vs_fp32"] = int8_min_psnr
-    config = ExportConfig(batch=_batch_triple(batch_text), opset=opset, fp16=fp16, int8=int8, calib=calib,
+    batch = _batch_triple(batch_text) if batch_text else None
+    config = ExportConfig(batch=batch, opset=opset, fp16=fp16, int8=int8, calib=calib,
                           int8_backend=int8_backend, trt=trt, workspace_gib=workspace, triton=triton,
                           triton_precision=triton_precision, triton_backend=triton_backend, **extra)
     if dry_run:
-        click.echo(json.dumps({"ckpt": ckpt, "output": out_dir, "export": json.loads(config.to_json())}, indent=1))
+        click.echo(json.dumps({"student": student_path, "out": out_dir, "export": json.loads(config.to_json())}, indent=1))
         return
-    manifest = export(ckpt, out_dir, config, log=click.echo)
+    manifest = export(student_path, out_dir, config, log=click.echo)
     click.echo(f"wrote {out_dir}: " + ", ".join(a["file"] for a in manifest["artifacts"]) + ", manifest.json")
 
 
-@cli.command("export")
+_EXPORT_HELP = """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository.
+
+    \b
+    Examples:
+      {prog} --student qs/run/student.safetensors -o export
+      {prog} --student qs/run/student.safetensors -o export --fp16 --int8 --calib qs/calib.npz
+      {prog} --student qs/run/student.safetensors -o export --trt --triton repo
+      {prog} --student qs/run/student.safetensors -o export --dry-run
+    """
+
+
+@cli.command("export", help=_EXPORT_HELP.format(prog="nerfgan export"),
+             short_help="Export a student to ONNX, TensorRT and Triton.")
 @_export_options
 def export_command(**kwargs: Any) -> None:
-    """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository."""
     _run_export(**kwargs)
 
 
-@click.command("nerfgan-export")
+@click.command("nerfgan-export", help=_EXPORT_HELP.format(prog="nerfgan-export"))
+@version_option("nerfgan-export")
 @_export_options
 def export_cli(**kwargs: Any) -> None:
-    """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository."""
     _run_export(**kwargs)
 
 

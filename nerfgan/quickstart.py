@@ -4,11 +4,13 @@ The built-in ``tiny`` teacher is EG3D's tiny configuration fitted to nerfgan's a
 (``nerfgan.scenes``): head-like objects with ears, nose, eyes and stripes, whose exact renders are
 known, so the student is judged against its teacher AND against the ground truth.
 
-Stages, each written into DIR and reused by a second run unless ``--force`` (a stage is done when
-its marker DIR/.quickstart/<stage>.json exists with the same settings; a killed run resumes, and
-Ctrl-C during training stops with a checkpoint that the next run continues from). ``--force`` redoes
-the training in DIR/run only when that folder is one nerfgan made (it removes what nerfgan runs wrote
-there, nothing else); anything else there is refused before any work:
+Stages, each written into DIR and reused by a later run with the same settings. A stage is done when its
+marker DIR/.quickstart/<stage>.json records the settings it depends on (its own option and those of the stages
+before it: --renders from `renders` on, --minutes from `train` on); a changed option redoes exactly the stages
+that depend on it, and each redone stage says why. A changed --minutes or --renders trains a new student from
+scratch (the student then depends on the settings only, never on earlier calls); a killed or Ctrl-C'd run with
+the same settings continues from its checkpoint. ``--force`` redoes every stage; in DIR/run it removes only what
+nerfgan runs wrote there. A folder that is not nerfgan's is refused before any work:
 
     teacher     DIR/teacher.safetensors      the built-in teacher, copied from the package
     renders     DIR/renders/                 the teacher rendered once for --renders samples (resumable)
@@ -42,13 +44,29 @@ within the quickstart's 5 minutes, about 500 steps on 2 cores)."""
 OWNER_KIND = "quickstart"  # nerfgan.io owner-file kind of the quickstart folder
 
 
+def _same_run(run: Path, cfg: Any) -> bool:
+    """``run`` holds a training state whose config.json was written for ``cfg`` (a killed run to continue)."""
+    try:
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (run / "train_state.safetensors").is_file() and isinstance(saved, dict) \
+        and saved.get("train") == json.loads(cfg.to_json())
+
+
 class Quickstart:
     def __init__(self, out: str, minutes: float, renders: int, force: bool, device: str,
-                 echo: Callable[[str], Any] = click.echo) -> None:
+                 echo: Callable[[str], Any] = click.echo, steps: int | None = None) -> None:
+        """``steps``: train this many steps instead of for --minutes (scripts and tests that need the same
+        student on any machine; not a CLI option). It is one of the train stage's settings."""
         self.out = Path(out)
         self.minutes, self.n_renders, self.force, self.device, self.echo = minutes, renders, force, device, echo
+        self.steps = steps
         self.marks = self.out / ".quickstart"
         self.made: list[tuple[str, str]] = []  # (path, what)
+        self.redone: list[str] = []  # stages run by this call
+        self.reused: list[str] = []  # stages whose earlier result was valid for these settings
+        self.why = "not done yet"  # why the stage being run is run (why_redo)
 
     # --- stage bookkeeping ------------------------------------------------------------------------
     def _settings(self, stage: str) -> dict[str, Any]:
@@ -59,11 +77,33 @@ class Quickstart:
             settings["renders"] = self.n_renders
         if k >= STAGES.index("train"):
             settings["minutes"] = self.minutes
+            if self.steps is not None:
+                settings["steps"] = self.steps
         return settings
 
-    def done(self, stage: str) -> bool:
+    def _marker(self, stage: str) -> dict[str, Any] | None:
         mark = self.marks / f"{stage}.json"
-        return not self.force and mark.is_file() and json.loads(mark.read_text()).get("settings") == self._settings(stage)
+        try:
+            data = json.loads(mark.read_text(encoding="utf-8")) if mark.is_file() and not mark.is_symlink() else None
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def why_redo(self, stage: str) -> str | None:
+        """None when the stage's result in DIR is valid for these settings, else why it is (re)done."""
+        if self.force:
+            return "--force"
+        mark = self._marker(stage)
+        if mark is None:
+            return "not done yet"
+        before, now = mark.get("settings") or {}, self._settings(stage)
+        if before == now:
+            return None
+        changed = [f"--{k} {before.get(k)} -> {now[k]}" for k in now if before.get(k) != now[k]]
+        return "changed: " + ", ".join(changed)
+
+    def done(self, stage: str) -> bool:
+        return self.why_redo(stage) is None
 
     def finish(self, stage: str, seconds: float, **facts: Any) -> None:
         from nerfgan.io import atomic_path
@@ -73,14 +113,19 @@ class Quickstart:
             tmp.write_text(json.dumps({"settings": self._settings(stage), "seconds": round(seconds, 1), **facts}))
 
     def stage(self, stage: str, fn: Callable[[], dict[str, Any]]) -> None:
-        if self.done(stage):
+        why = self.why_redo(stage)
+        if why is None:
             self.echo(f"[{stage}] done before, reused (--force to redo)")
+            self.reused.append(stage)
             return
-        self.echo(f"[{stage}] ...")
+        self.echo(f"[{stage}] ... ({why})" if why != "not done yet" else f"[{stage}] ...")
+        (self.marks / f"{stage}.json").unlink(missing_ok=True)  # killed from here on, the stage counts as not done
+        self.why = why
         t0 = time.perf_counter()
         facts = fn() or {}
         seconds = time.perf_counter() - t0
         self.finish(stage, seconds, **facts)
+        self.redone.append(stage)
         self.echo(f"[{stage}] {seconds:.0f} s")
 
     # --- stages -----------------------------------------------------------------------------------
@@ -106,15 +151,21 @@ class Quickstart:
         from nerfgan.teacher.checkpoint import load_teacher
 
         run = self.out / "run"
-        if self.force:
-            clear_run_dir(run, "--force")
-        resume = (run / "train_state.safetensors").is_file()
         cfg = train_preset("tiny", eval_every=0, n_eval=8, eval_minutes=(self.minutes / 2,),
                            stage1_steps=QUICKSTART_STAGE1_STEPS)
+        # A run killed with these very settings continues; any other (--force, another --minutes or --renders)
+        # starts again from scratch, so the student depends on the settings only, never on earlier calls.
+        resume = self.why == "not done yet" and _same_run(run, cfg)
+        if resume:
+            self.echo(f"  continuing the interrupted run in {run}")
+        else:
+            if self.why != "not done yet":
+                self.echo(f"  a new run from scratch in {run} (the student depends on the settings only)")
+            clear_run_dir(run, "--force" if self.force else "-o")
         teacher = load_teacher(self.out / "teacher.safetensors", device=self.device)
         with Trainer(cfg, teacher, run, renders=str(self.out / "renders"), resume=resume, device=self.device,
                      resume_hint="run the same quickstart command again (without --force) to continue") as trainer:
-            rows = trainer.run(minutes=self.minutes)
+            rows = trainer.run(steps=self.steps) if self.steps is not None else trainer.run(minutes=self.minutes)
         last = rows[-1]
         self.echo(f"  held-out PSNR after {trainer.step} steps: {last['psnr_hr']:.2f} dB (128 px), "
                   f"{last['psnr_lr']:.2f} dB (64 px)")
@@ -142,12 +193,15 @@ class Quickstart:
 
         import nerfgan.runtime as nr
         from nerfgan import camera
+        from nerfgan.captions import caption_grid
         from nerfgan.io import atomic_path, save_png
 
-        yaws = [-30.0, 0.0, 30.0]
+        yaws, seeds, psi = [-30.0, 0.0, 30.0], range(4), 0.7
         with nr.load(self.out / "export", device="cpu") as g:
-            rows = [np.concatenate(list(g.render(w=g.style(seed=s), yaw=yaws)), axis=1) for s in range(4)]
-            save_png(self.out / "views.png", np.concatenate(rows, axis=0))
+            tiles = [list(g.render(w=g.style(seed=s, truncation=psi), yaw=yaws)) for s in seeds]  # 4 x 3 (H, W, 3)
+            save_png(self.out / "views.png", caption_grid(
+                tiles, columns=[f"yaw {y:g}" for y in yaws], rows=[f"seed {s}" for s in seeds],
+                footer=f"pitch 0, truncation {psi:g}; rendered by nerfgan.runtime from export/ (ONNX, CPU)"))
             w = g.style(seed=0)
             poses = camera.orbit(36)
             frames = np.concatenate([g.render(w=w, yaw=poses[i:i + 12, 0], pitch=poses[i:i + 12, 1])
@@ -236,7 +290,9 @@ class Quickstart:
             ("bench.json", "images/s of the teacher and each engine"),
         ]
         self.echo(f"\nnerfgan quickstart: made in {o}/")
+        if self.reused:
+            self.echo(f"  redone: {', '.join(self.redone) or 'nothing'}; reused: {', '.join(self.reused)}")
         for path, what in lines:
             if (o / path.rstrip("/")).exists():
                 self.echo(f"  {str(o / path):<40} {what}")
-        self.echo(f"next: nerfgan-run --engine {o}/export --seed 3 --pose 30,0 -o face.png")
+        self.echo(f"next: nerfgan-run --engine {o}/export --seed 3 --pose 30,0 -o view.png")

@@ -15,6 +15,33 @@ def run(args, capsys):
     return invoke(main, args, capsys)
 
 
+def test_views_png_is_captioned(tiny_export_dir, tmp_path):
+    """The images stage alone on the shared tiny export: views.png is the 4 x 3 renders, unchanged, with
+    "seed N" row labels, "yaw Y" column titles and a footer naming the renderer."""
+    import shutil
+
+    import numpy as np
+
+    import nerfgan.runtime as nr
+    from nerfgan.captions import layout
+    from nerfgan.quickstart import Quickstart
+
+    shutil.copytree(tiny_export_dir, tmp_path / "export")
+    Quickstart(str(tmp_path), 0.05, 8, False, "cpu", echo=lambda s: None).images()
+    views = np.asarray(Image.open(tmp_path / "views.png").convert("RGB"))
+    with nr.load(tmp_path / "export", device="cpu") as g:
+        want = [list(g.render(w=g.style(seed=s), yaw=[-30.0, 0.0, 30.0])) for s in range(4)]
+    footer = "pitch 0, truncation 0.7; rendered by nerfgan.runtime from export/ (ONNX, CPU)"
+    lay = layout(want, columns=["yaw -30", "yaw 0", "yaw 30"], rows=[f"seed {s}" for s in range(4)], footer=footer)
+    assert views.shape == lay.shape and lay.left > 0 and lay.top > 0 and lay.bottom > 0
+    for r in range(4):
+        for c in range(3):
+            y, x = lay.origin(r, c)
+            np.testing.assert_array_equal(views[y:y + 128, x:x + 128], want[r][c])
+        assert (views[y:y + 128, :lay.left].min(axis=-1) < 128).sum() > 10  # "seed r"
+    assert (views[:lay.top].min(axis=-1) < 128).sum() > 30 and (views[-lay.bottom:].min(axis=-1) < 128).sum() > 100
+
+
 def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
     out = tmp_path / "qs"
     code, stdout, err = run(["quickstart", "-o", out, "--minutes", "0.05", "--renders", "8", "--device", "cpu"], capsys)
@@ -23,7 +50,8 @@ def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
                  "export/manifest.json", "export/student_int8.onnx", "views.png", "orbit.gif",
                  "parity/report.json", "parity/report.md", "parity/grid.png", "score.json", "bench.json"):
         assert (out / path).is_file(), path
-    assert Image.open(out / "views.png").size == (3 * 128, 4 * 128)
+    w, h = Image.open(out / "views.png").size
+    assert w > 3 * 128 and h > 4 * 128  # 4 seeds x 3 yaws, with their captions (see test_views_png_is_captioned)
     assert Image.open(out / "orbit.gif").n_frames == 36
     report = json.loads((out / "parity" / "report.json").read_text())
     assert len(report["samples"]) == 15

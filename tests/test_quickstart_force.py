@@ -65,3 +65,55 @@ def test_a_folder_of_the_users_is_refused_before_any_work(tmp_path, capsys):
     assert code == 1 and len(lines) == 1 and "did not write" in lines[0], err
     assert sorted(os.listdir(mine)) == ["notes.txt", "teacher.safetensors"]
     assert (mine / "teacher.safetensors").read_bytes() == b"the user's own teacher"
+
+
+def steps_in(run):
+    with safe_open(str(run / "train_state.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["info"])["step"]
+
+
+def rows(run):
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_changed_option_redoes_exactly_the_stages_that_depend_on_it(tmp_path):
+    """README's reruns: the same command reuses everything; another --minutes or --renders retrains from scratch
+    (never 'resume' a run made for other settings), and each redone stage says why."""
+    out = tmp_path / "qs"
+    said: list[str] = []
+
+    def go(minutes, renders):
+        said.clear()
+        q = Quickstart(str(out), minutes=minutes, renders=renders, force=False, device="cpu", echo=said.append)
+        q.run(extra=LATER)
+        q.summary()
+        return q
+
+    go(0.02, 8)
+    q = go(0.03, 8)
+    assert q.reused == ["teacher", "renders"] and q.redone == list(STAGES[STAGES.index("train"):])
+    assert "[train] ... (changed: --minutes 0.02 -> 0.03)" in said
+    assert any(s.startswith("  a new run from scratch") for s in said)
+    assert "  redone: train, calibrate, export, images, parity, score, bench; reused: teacher, renders" in said
+    first = rows(out / "run")
+    assert first[0] >= 1 and first == sorted(set(first))  # a fresh run's rows, not an old run's continued
+
+    q = go(0.03, 10)
+    assert q.reused == ["teacher"] and "[renders] ... (changed: --renders 8 -> 10)" in said
+    assert "[train] ... (changed: --renders 8 -> 10)" in said and not any("continuing" in s for s in said)
+    assert json.loads((out / "renders" / "index.json").read_text())["n"] == 10
+
+    q = go(0.03, 10)
+    assert q.redone == [] and said.count("[train] done before, reused (--force to redo)") == 1
+
+
+def test_a_killed_training_continues_with_the_same_settings(tmp_path):
+    out = tmp_path / "qs"
+    quiet(out, force=False).run(extra=LATER)
+    last = steps_in(out / "run")
+    for stage in STAGES[STAGES.index("train"):]:  # as if killed during training: its marker is not written yet
+        (out / ".quickstart" / f"{stage}.json").unlink()
+    said: list[str] = []
+    Quickstart(str(out), minutes=0.02, renders=8, force=False, device="cpu", echo=said.append).run(extra=LATER)
+    assert any(s.startswith("  continuing the interrupted run") for s in said)
+    assert steps_in(out / "run") >= last and rows(out / "run")[0] <= last  # the same run, continued

@@ -1,6 +1,6 @@
 """``nerfgan scene score``: a teacher (and an engine) against the scene family's exact ground truth.
 
-    nerfgan scene score --teacher tiny --n 32 --seed 12345 --json score.json [--engine export/]
+    nerfgan scene score --teacher tiny --n 32 --seed 12345 -o score.json [--engine export/]
 
 Samples: sample i of ``nerfgan.sampling.draw(seed, range(n))``, the training distribution (z,
 truncation psi ~ U[0.5, 1], yaw/pitch around the frontal view), so a seed never used in fitting or

@@ -1,6 +1,6 @@
 """``nerfgan bench``: the teacher and exported engines timed side by side, on one machine, in one run.
 
-    nerfgan bench --teacher tiny --engine export/ --engine export/student_int8.onnx --batch 1,4,16 --json bench.json
+    nerfgan bench --teacher tiny --engine export/ --engine export/student_int8.onnx --batch 1,4,16 -o bench.json
 
 Per batch B the inputs are seeds 0..B-1 (z as upstream draws them), yaws spread over -30..30 degrees
 (0 for B = 1), pitch 0, truncation 0.7:
@@ -51,6 +51,7 @@ import click
 import numpy as np
 
 import nerfgan
+from nerfgan.cli_common import dry_run_option, echo_json, out_option
 from nerfgan.errors import InputFileError, UsageError
 from nerfgan.io import atomic_path, check_writable
 from nerfgan.runtime.parity import DEVICES, torch_device_for
@@ -331,7 +332,7 @@ def table_text(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-@click.command("bench")
+@click.command("bench", short_help="Time the teacher and exported engines side by side.")
 @click.option("--teacher", required=True, help="TEACHER.safetensors, or a built-in teacher name ('tiny').")
 @click.option("--engine", "engines", multiple=True, required=True,
               help="Export folder, student .onnx / .plan or .safetensors; repeat for several engines.")
@@ -341,16 +342,28 @@ def table_text(result: dict[str, Any]) -> str:
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True, help="Where to run.")
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed calls per figure (the median is reported).")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before them.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the rows to this JSON file.")
+@out_option("json_path", "Also write the rows to this JSON file (old name: --json).", old=("--json",),
+            type=click.Path(dir_okay=False), default=None)
 @click.option("--allow-other-teacher", is_flag=True,
               help="Time engines that record another teacher's weights (the JSON says so).")
+@dry_run_option("Print the resolved settings as JSON; load, time and write nothing.")
 def bench_command(teacher: str, engines: tuple[str, ...], precisions: tuple[str, ...], batch_text: str, device: str,
-                  runs: int, warmup: int, json_path: str | None, allow_other_teacher: bool) -> None:
-    """Time the teacher and exported engines: images/s, latency p50/p90, peak memory, speedup per batch."""
+                  runs: int, warmup: int, json_path: str | None, allow_other_teacher: bool, dry_run: bool) -> None:
+    """Time the teacher and exported engines: images/s, latency p50/p90, peak memory, speedup per batch.
+
+    \b
+    Examples:
+      nerfgan bench --teacher tiny --engine qs/export --batch 1,4,16
+      nerfgan bench --teacher tiny --engine qs/export --engine qs/export --precision fp32 --precision int8 -o bench.json
+    """
     batches = parse_batches(batch_text)
+    if dry_run:
+        echo_json({"teacher": teacher, "engines": list(engines), "precisions": list(precisions),
+                   "batches": list(batches), "device": device, "runs": runs, "warmup": warmup, "out": json_path,
+                   "allow_other_teacher": allow_other_teacher})
+        return
     if json_path:
-        check_writable(json_path, "--json file")
+        check_writable(json_path, "-o/--out file")
     result = run_bench(teacher, engines, precisions, batches, device, runs, warmup,
                        log=lambda s: click.echo(s, err=True), allow_other_teacher=allow_other_teacher)
     click.echo(table_text(result))

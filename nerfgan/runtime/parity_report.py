@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from nerfgan.captions import DIFF_GAIN, caption_grid, difference, difference_note
 from nerfgan.io import atomic_path, mark_dir, save_png, to_uint8
 
-DIFF_GAIN = 4.0  # grid.png: |teacher - engine| * DIFF_GAIN * 127.5, clipped at 255
 GRID_ROWS = 6
+NO_VERDICT = "no threshold given, no verdict"
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -45,8 +46,26 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
 
 
 def _verdict(report: dict[str, Any]) -> str:
+    """'PASS (thresholds applied: ...)', 'FAIL (...; missed: ...)', or the no-verdict line without thresholds."""
+    applied = [c for c in report["checks"] if c["threshold"] is not None]
+    if not applied:
+        return NO_VERDICT
     missed = report["missed"]
-    return report["verdict"].upper() + (f" (missed: {', '.join(missed)})" if missed else "")
+    rules = ", ".join(f"{c['metric']} {c['op']} {c['threshold']:g}" for c in applied)
+    return ("FAIL" if missed else "PASS") + f" (thresholds applied: {rules}" + (
+        f"; missed: {', '.join(missed)})" if missed else ")")
+
+
+def _consistency_note(report: dict[str, Any]) -> str | None:
+    """The caveat of the 3D-consistency figure: blur raises it, so an engine above its teacher is no quality win."""
+    a = report["aggregates"]
+    e, t = a.get("consistency_psnr_engine"), a.get("consistency_psnr_teacher")
+    if e is None or t is None:
+        return None
+    which = "above" if e > t else "not above"
+    return (f"3D consistency: engine {e:.2f} dB, teacher {t:.2f} dB (engine {which} its teacher). Blur favours this "
+            "measure (a blurrier image is more consistent across views): an engine above its teacher here is not a "
+            "quality win; read it with the PSNR/SSIM against the teacher.")
 
 
 def summary_text(report: dict[str, Any]) -> str:
@@ -58,6 +77,8 @@ def summary_text(report: dict[str, Any]) -> str:
     lines += ["", f"{'yaw':>5}  {'n':>3}  {'PSNR image':>10}  {'SSIM image':>10}  {'PSNR raw':>8}  {'SSIM raw':>8}"]
     lines += [f"{y['yaw']:>5g}  {y['n']:>3}  {y['psnr_image']:>10.2f}  {y['ssim_image']:>10.4f}  {y['psnr_raw']:>8.2f}  "
               f"{y['ssim_raw']:>8.4f}" for y in report["per_yaw"]]
+    note = _consistency_note(report)
+    lines += ["", note] if note else []
     lines.append(f"verdict: {_verdict(report)}")
     return "\n".join(lines)
 
@@ -83,23 +104,24 @@ def _markdown(report: dict[str, Any]) -> str:
                 "teacher's clean rendered colour feature_image[:, :3]."), "",
            (f"3D consistency: {len(report['consistency']['pairs'])} view pair(s) (yaw 0 -> yaw -20/+20); "
             f"{s['consistency_method']}, relative depth tolerance {s['depth_tol']}."), "",
-           (f"grid.png: rows = the first samples; columns teacher | engine | |teacher - engine| x {gain:g} "
-            f"(then x 127.5 to 0..255: white = a difference of {2 / gain:.2g} or more in [-1, 1] units). "
+           *([note, ""] if (note := _consistency_note(report)) else []),
+           (f"grid.png: rows = the first samples (seed, yaw, pitch at the left); columns teacher | engine | "
+            f"|engine - teacher| x {gain:g} (then x 127.5 to 0..255: white = a difference of {2 / gain:.2g} or more "
+            "in [-1, 1] units), as its footer says. "
             "psnr_vs_yaw.png: per-sample PSNR (dots) and per-yaw means (lines)."), ""]
     return "\n".join(md)
 
 
-def grid_image(teacher: np.ndarray, engine: np.ndarray, rows: int = GRID_ROWS, gain: float = DIFF_GAIN) -> np.ndarray:
-    """uint8 (rows*H, 3*W, 3) grid: teacher | engine | |difference| * gain, 2-pixel white gaps."""
+def grid_image(teacher: np.ndarray, engine: np.ndarray, rows: int = GRID_ROWS, gain: float = DIFF_GAIN,
+               samples: list[dict[str, Any]] | None = None) -> np.ndarray:
+    """uint8 captioned grid of the first ``rows`` samples of teacher and engine images (N, 3, H, W) in [-1, 1]:
+    columns teacher | engine | difference (nerfgan.captions.difference), a row label per sample from
+    ``samples`` (report rows with seed, yaw, pitch) when given, and a footer with the difference scale."""
     k = min(rows, len(teacher))
-    diff = np.clip(np.abs(np.clip(teacher[:k], -1, 1) - np.clip(engine[:k], -1, 1)) * gain * 127.5, 0, 255)
-    tiles = [to_uint8(teacher[:k]), to_uint8(engine[:k]), np.moveaxis(np.rint(diff).astype(np.uint8), 1, -1)]
-    H, W = tiles[0].shape[1:3]
-    grid = np.full((k * (H + 2) - 2, 3 * (W + 2) - 2, 3), 255, np.uint8)
-    for r in range(k):
-        for col, tile in enumerate(tiles):
-            grid[r * (H + 2):r * (H + 2) + H, col * (W + 2):col * (W + 2) + W] = tile[r]
-    return grid
+    t, e, d = to_uint8(teacher[:k]), to_uint8(engine[:k]), difference(engine[:k], teacher[:k], gain)
+    labels = [f"seed {r['seed']}\nyaw {r['yaw']:g} pitch {r['pitch']:g}" for r in samples[:k]] if samples else ()
+    return caption_grid([[t[i], e[i], d[i]] for i in range(k)], columns=["teacher", "engine", "difference"],
+                        rows=labels, footer=difference_note("engine", "teacher", gain))
 
 
 def plot_psnr_vs_yaw(path: str | os.PathLike[str], report: dict[str, Any], backend: str = "auto") -> str:
@@ -180,7 +202,7 @@ def write_report(out: Path, report: dict[str, Any], teacher: dict[str, np.ndarra
 
     out.mkdir(parents=True, exist_ok=True)
     mark_dir(out, REPORT_KIND)
-    save_png(out / "grid.png", grid_image(teacher["image"], engine["image"]))
+    save_png(out / "grid.png", grid_image(teacher["image"], engine["image"], samples=report["samples"]))
     report["settings"]["plot"] = plot_psnr_vs_yaw(out / "psnr_vs_yaw.png", report)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(_markdown(report))

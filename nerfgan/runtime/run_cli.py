@@ -1,10 +1,10 @@
 """``nerfgan-run``: images, seed grids, orbit animations and latent interpolations from an exported student.
 
-    nerfgan-run --engine export/ --seed 7 --pose 20,-5 -o face.png
-    nerfgan-run --engine export/ --seeds 0-15 --grid -o grid.png
-    nerfgan-run --engine export/ --seeds 0-3 -o face.png            # face-0.png ... face-3.png
-    nerfgan-run --engine export/ --seed 7 --orbit 48 -o orbit.gif
-    nerfgan-run --engine export/ --interp 3,5 --steps 8 -o strip.png
+    nerfgan-run --engine qs/export --seed 7 --pose 20,-5 -o view.png
+    nerfgan-run --engine qs/export --seeds 0-15 --grid -o grid.png
+    nerfgan-run --engine qs/export --seeds 0-3 -o view.png          # view-0.png ... view-3.png
+    nerfgan-run --engine qs/export --seed 7 --orbit 48 -o orbit.gif
+    nerfgan-run --engine qs/export --interp 3,5 --steps 8 -o strip.png
 
 Built on nerfgan.runtime only: with an ONNX export or a TensorRT plan it never imports torch, so this
 module imports nothing heavier than click, numpy and PIL (MP4 needs imageio-ffmpeg, imported when used).
@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image
 
 from nerfgan import camera
+from nerfgan.captions import caption_grid
 from nerfgan.cli import run_standalone
+from nerfgan.cli_common import AliasOption, version_option
 from nerfgan.errors import InputFileError, PoseError, UsageError
 from nerfgan.io import atomic_path, check_writable
 from nerfgan.runtime import Generator, load
@@ -274,15 +276,38 @@ def check_memory(g: Generator, plan: Plan) -> None:
 
 
 # --- images --------------------------------------------------------------------------------------------------
-def tile(images: Sequence[np.ndarray], cols: int) -> np.ndarray:
-    """uint8 (H, W, 3) images -> one (rows*H, cols*W, 3) grid, row-major, empty cells black."""
-    h, w, c = images[0].shape
-    rows = math.ceil(len(images) / cols)
-    out = np.zeros((rows * h, cols * w, c), np.uint8)
-    for k, img in enumerate(images):
-        r, q = divmod(k, cols)
-        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    return out
+def tile(images: Sequence[np.ndarray], cols: int, labels: Sequence[str] = (), footer: str | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) images -> one captioned grid (nerfgan.captions.caption_grid): row-major, ``cols`` wide,
+    ``labels[i]`` under image i, ``footer`` across the bottom, empty cells white. One image comes back bare."""
+    if len(images) == 1:
+        return images[0]
+    rows = [list(images[r:r + cols]) for r in range(0, len(images), cols)]
+    return caption_grid(rows, labels=[list(labels[r:r + cols]) for r in range(0, len(labels), cols)] or None,
+                        footer=footer)
+
+
+def caption_footer(plan: Plan) -> str:
+    """What every tile of the plan's grid, strip or animation frame shares: the pose(s), truncation, engine."""
+    yaw, pitch, radius = plan.poses[0]
+    if plan.mode == "orbit":
+        ys, ps = [p[0] or 0.0 for p in plan.poses], [p[1] or 0.0 for p in plan.poses]
+        where = f"orbit of {plan.frames} frames: yaw {min(ys):g} to {max(ys):g}, pitch {min(ps):g} to {max(ps):g}"
+    else:
+        where = f"yaw {yaw:g} pitch {pitch:g}"
+    where += ("" if radius is None else f" radius {radius:g}") + ("" if plan.fov is None else f" fov {plan.fov:g}")
+    what = f"interpolation in {plan.space} from seed {plan.seeds[0]} to seed {plan.seeds[1]}; " \
+        if plan.mode == "interp" else ""
+    return (f"{what}{where}, truncation {plan.truncation:g}; rendered by nerfgan-run from "
+            f"{Path(plan.engine).name or plan.engine}")
+
+
+def tile_labels(plan: Plan) -> list[str]:
+    """The label under each tile: its seed, or for an interpolation strip its position t (ends: their seeds)."""
+    if plan.mode != "interp":
+        return [f"seed {s}" for s in plan.seeds]
+    n = int(plan.steps or 2)
+    return [f"seed {plan.seeds[0]}" if i == 0 else f"seed {plan.seeds[1]}" if i == n - 1 else f"t = {i / (n - 1):.2f}"
+            for i in range(n)]
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -336,13 +361,14 @@ def execute(g: Generator, plan: Plan) -> list[str]:
         n, f = len(w), plan.frames
         obj, pose = np.tile(np.arange(n), f), np.repeat(np.arange(f), n)  # frame-major: frame k is obj 0..n-1
         images = _render(g, plan, w, obj, pose)
-        frames = [tile([next(images) for _ in range(n)], plan.cols or 1) for _ in range(f)]
+        labels, footer = tile_labels(plan), caption_footer(plan)  # the same on every frame: one frame size
+        frames = [tile([next(images) for _ in range(n)], plan.cols or 1, labels, footer) for _ in range(f)]
         return [write_animation(plan.outputs[0], frames, plan.fps or 24.0)]
     idx = np.arange(len(w))
     images_list = list(_render(g, plan, w, idx, np.zeros_like(idx)))
     if plan.mode == "interp" and plan.frames > 1:
         return [write_animation(plan.outputs[0], images_list, plan.fps or 24.0)]
-    return [write_png(plan.outputs[0], tile(images_list, plan.cols or 1))]
+    return [write_png(plan.outputs[0], tile(images_list, plan.cols or 1, tile_labels(plan), caption_footer(plan)))]
 
 
 def _size(path: str) -> str:
@@ -379,7 +405,7 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 
 # --- the command ---------------------------------------------------------------------------------------------
 @click.command("nerfgan-run")
-@click.version_option(package_name="nerfgan")
+@version_option("nerfgan-run")
 @click.option("--engine", required=True, help="An export folder (manifest.json), a student .onnx (mapping.onnx "
               "beside it), a TensorRT student.plan, or a student .safetensors (runs PyTorch).")
 @click.option("--precision", type=_Choice("fp32", "fp16", "int8"), default=None, metavar="[fp32|fp16|int8]",
@@ -412,7 +438,8 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 @click.option("--space", type=_Choice("w", "z"), default=None, metavar="[w|z]",
               help="--interp: lerp in w (default) or slerp in z.")
 @click.option("--batch", type=_Number(int, 1), default=8, show_default=True, help="Images per engine call.")
-@click.option("-o", "--output", required=True, help="File to write: .png (image, grid, strip), .gif or .mp4.")
+@click.option("-o", "--out", "--output", "output", cls=AliasOption, hidden_names=("--output",), required=True,
+              help="File to write: .png (image, grid, strip), .gif or .mp4.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan as JSON; load and render nothing.")
 def run(engine: str, precision: str | None, device: str, threads: int | None, pose_text: str, seed: int | None,
         seeds_text: str | None, grid: bool, cols: int | None, truncation: float, fov: float | None, orbit: int | None,
@@ -421,11 +448,13 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, po
     """Render images, seed grids, orbit animations or latent interpolations from an exported student.
 
     \b
-      nerfgan-run --engine export/ --seed 7 --pose 20,-5 -o face.png
-      nerfgan-run --engine export/ --seeds 0-3 -o face.png         # face-0.png ... face-3.png
-      nerfgan-run --engine export/ --seeds 0-15 --grid -o grid.png
-      nerfgan-run --engine export/ --seed 7 --orbit 48 -o orbit.gif
-      nerfgan-run --engine export/ --interp 3,5 --steps 8 -o strip.png
+    Examples:
+      nerfgan-run --engine qs/export --seed 7 --pose 20,-5 -o view.png
+      nerfgan-run --engine qs/export --seeds 0-3 -o view.png       # view-0.png ... view-3.png
+      nerfgan-run --engine qs/export --seeds 0-15 --grid -o grid.png
+      nerfgan-run --engine qs/export --seed 7 --orbit 48 -o orbit.gif
+      nerfgan-run --engine qs/export --interp 3,5 --steps 8 -o strip.png
+      nerfgan-run --engine qs/export --precision int8 --seed 7 -o view.png --dry-run
     """
     plan = make_plan(engine, precision, device, threads, pose_text, seed, seeds_text, truncation, fov, output, grid,
                      cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch)

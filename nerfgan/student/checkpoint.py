@@ -3,7 +3,7 @@
 * ``student.safetensors``: the student's weights (teacher mapping, pose mapping, synthesis,
   super-resolution) with metadata ``format``, ``config`` (StudentConfig JSON, which embeds the
   teacher's config and so its camera defaults), ``camera`` (radius, pivot, focal) and the
-  nerfgan version. It is all ``nerfgan-export --ckpt`` needs.
+  nerfgan version. It is all ``nerfgan-export --student`` needs.
 * ``train_state.safetensors``: everything a killed run needs to continue exactly: generator, its
   EMA, discriminator, both optimizers (tensors flattened under ``opt_g/`` and ``opt_d/``, the
   rest as JSON), the step and elapsed time.

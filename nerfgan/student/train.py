@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -201,12 +202,19 @@ def evaluate(student: StudentGenerator, held_out: Batch, chunk: int = 8) -> dict
 
 @torch.no_grad()
 def comparison_grid(student: StudentGenerator, held_out: Batch, n: int = 4) -> np.ndarray:
-    """uint8 (n*H, 3*W, 3): rows of teacher | student | |difference| (difference x2, white = 1)."""
-    out = student(held_out["w"][:n], held_out["c"][:n]).image.clamp(-1, 1)
-    teacher = held_out["image"][:n].clamp(-1, 1)
-    diff = (out - teacher).abs() - 1  # |d| in [0, 2] -> [-1, 1]
-    rows = torch.cat([teacher, out, diff], dim=3)  # (n, 3, H, 3W)
-    return to_uint8(torch.cat(list(rows), dim=1).cpu().numpy())
+    """uint8 captioned grid of the first n held-out samples: rows of teacher | student | difference (the one
+    scale of nerfgan.captions.difference, stated in the footer), one row label per sample."""
+    from nerfgan.captions import caption_grid, difference, difference_note
+
+    out = student(held_out["w"][:n], held_out["c"][:n]).image.clamp(-1, 1).cpu().numpy()
+    teacher = held_out["image"][:n].clamp(-1, 1).cpu().numpy()
+    t, s, d = to_uint8(teacher), to_uint8(out), difference(out, teacher)
+    centre = held_out["c"][:n, [3, 7, 11]].double().cpu().numpy()  # camera centres (cam2world's last column)
+    yaw = np.degrees(np.arctan2(centre[:, 0], centre[:, 2]))  # camera.pose: x = r sin(yaw), z = r cos(yaw) ...
+    pitch = 90 * centre[:, 1] / np.linalg.norm(centre, axis=1)  # ... and height y = r * pitch / 90
+    rows = [f"held-out {i}\nyaw {round(yaw[i]):d} pitch {round(pitch[i]):d}" for i in range(len(t))]
+    return caption_grid([[t[i], s[i], d[i]] for i in range(len(t))], columns=["teacher", "student", "difference"],
+                        rows=rows, footer=difference_note("student", "teacher"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,6 +260,8 @@ class Trainer:
         self._last_row: dict[str, Any] | None = None  # the last metrics row written (one row per step)
         try:
             self._open_run_dir(resume)
+            self._say(f"building the {cfg.preset} student" + (f", loading the render set {renders}" if renders else "")
+                      + " ...")
             self._build(renders)
             self.teacher_sha256 = weights_digest(self.teacher)  # recorded in every student file and train state
             self._setup_run_dir(resume)
@@ -259,6 +269,13 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+
+    def _say(self, message: str) -> None:
+        """One line on stderr before long silent work (rank 0, progress on), clear of any progress bar."""
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            tqdm.write(message, file=sys.stderr)
 
     def _build(self, renders: str | None) -> None:
         cfg, teacher = self.cfg, self.teacher
@@ -280,7 +297,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G_train = DDP(self.G, device_ids=ids, broadcast_buffers=False)
+            self.G_train = DDP(self.G, device_ids=ids, **_no_forward_buffer_sync(DDP))
         self.data = DataSource(cfg, teacher, renders, self.device)
         self.step = 0
         self.train_seconds = 0.0
@@ -406,6 +423,7 @@ class Trainer:
             if meta.get("format") == HELD_OUT_FORMAT and meta.get("settings") == settings:
                 return {k: v.to(self.device) for k, v in tensors.items()}
         idx = np.arange(self.cfg.n_eval)
+        self._say(f"rendering {self.cfg.n_eval} held-out samples with the teacher (cached in {path.name}) ...")
         batch = teacher_batch(self.teacher, self.cfg.seed + EVAL_SEED_OFFSET, idx, self.cfg.pose)
         write_safetensors(path, batch, {"format": HELD_OUT_FORMAT, "settings": settings})
         return batch
@@ -560,39 +578,60 @@ class Trainer:
         finally:
             self.close()
 
-    def _run(self, steps: int | None, minutes: float | None) -> list[dict[str, Any]]:
+    def _progress_bar(self, steps: int | None, minutes: float | None) -> Any:
+        """The training bar on stderr: steps of --steps, or (--minutes alone) seconds of training time; both with
+        their total and an ETA."""
         from tqdm import tqdm  # type: ignore[import-untyped]
 
+        common: dict[str, Any] = dict(disable=not self.progress or self.rank != 0, dynamic_ncols=True, desc="train",
+                                      file=sys.stderr)
+        if steps is not None:
+            return tqdm(total=steps, initial=min(self.step, steps), unit="step", **common)
+        total = float(minutes or 0.0) * 60
+        return tqdm(total=total, initial=min(self.train_seconds, total), unit="s", **common,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
+                               "[{elapsed}<{remaining}{postfix}]")
+
+    def _run(self, steps: int | None, minutes: float | None) -> list[dict[str, Any]]:
         rows = []
         if self.step == 0 and self.rank == 0 and (self.cfg.eval_every or 0.0 in self.cfg.eval_minutes):
+            self._say(f"evaluating the untrained student on {self.cfg.n_eval} held-out samples ...")
             rows.append(self.log_eval())
             if 0.0 in self.cfg.eval_minutes and 0.0 not in self.evaluated_marks:
                 self.evaluated_marks.append(0.0)
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress or self.rank != 0, unit="step",
-                   dynamic_ncols=True)
-        while True:
-            done, signum = self._stop_state(steps, minutes)
-            if done or signum:
-                break
-            t0 = time.perf_counter()
-            logs = self.train_step()
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            if self.world > 1:
-                dist.barrier()
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss_g']:.3f}", img_s=f"{self.cfg.batch_size / dt:.1f}",
-                            stage=2 if "loss_d" in logs else 1, refresh=False)
-            marks = self._due_marks()
-            if marks or (self.cfg.eval_every and self.step % self.cfg.eval_every == 0):
-                row = self.log_eval()
-                self.evaluated_marks.extend(marks)
-                if row:
-                    rows.append(row)
-                    bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if self.step % self.cfg.ckpt_every == 0:
-                self.checkpoint()
-        bar.close()
+        bar = self._progress_bar(steps, minutes)
+        psnr_text = f"{rows[-1]['psnr_hr']:.2f}dB" if rows else None
+        try:
+            while True:
+                done, signum = self._stop_state(steps, minutes)
+                if done or signum:
+                    break
+                t0 = time.perf_counter()
+                logs = self.train_step()
+                dt = time.perf_counter() - t0
+                self.train_seconds += dt
+                if self.world > 1:
+                    dist.barrier()
+                marks = self._due_marks()
+                if marks or (self.cfg.eval_every and self.step % self.cfg.eval_every == 0):
+                    row = self.log_eval()
+                    self.evaluated_marks.extend(marks)
+                    if row:
+                        rows.append(row)
+                        psnr_text = f"{row['psnr_hr']:.2f}dB"
+                        if self.progress:
+                            bar.write(eval_summary(row), file=sys.stderr)
+                postfix: dict[str, Any] = {} if steps is not None else {"step": self.step}
+                postfix.update(loss=f"{logs['loss_g']:.3f}", img_s=f"{self.cfg.batch_size / dt:.1f}",
+                               stage=2 if "loss_d" in logs else 1)
+                if psnr_text:
+                    postfix["psnr"] = psnr_text
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1 if steps is not None else min(self.train_seconds, bar.total) - bar.n)
+                if self.step % self.cfg.ckpt_every == 0:
+                    self.checkpoint()
+        finally:
+            bar.close()  # before anything reports an interruption: no bar redrawn under the message
         if signum and not done:
             self.checkpoint()
             name = signal.Signals(signum).name
@@ -630,6 +669,25 @@ class Trainer:
                 tmp.write_text(json.dumps({"step": self.step, "world_size": self.world, "sha256": digests}, indent=1))
         if len(set(digests)) != 1:
             raise RuntimeError(f"replica weights diverged at step {self.step}: {digests}")
+
+
+def eval_summary(row: dict[str, Any]) -> str:
+    """One tidy line for an evaluation row of metrics.jsonl."""
+    return (f"step {row['step']} ({row['train_minutes']:.1f} min, {row['images']} images): held-out PSNR "
+            f"{row['psnr_hr']:.2f} dB / SSIM {row['ssim_hr']:.3f} (high-res), {row['psnr_lr']:.2f} dB / "
+            f"{row['ssim_lr']:.3f} (low-res)")
+
+
+def _no_forward_buffer_sync(ddp: Any) -> dict[str, Any]:
+    """DDP's argument for 'do not broadcast the buffers at each forward': ``forward_sync_buffers=False`` where torch
+    has it (2.13+, where ``broadcast_buffers`` is deprecated with a FutureWarning per process), else
+    ``broadcast_buffers=False``. The generator's buffers are identical on every process either way (same seed,
+    same teacher), so the one broadcast at construction that forward_sync_buffers keeps changes nothing."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def init_distributed(device: str) -> str:

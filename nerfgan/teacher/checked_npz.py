@@ -27,6 +27,20 @@ _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
+def _not_npz(path: Path, what: str) -> str:
+    """What is wrong with a file that is no zip archive, from its first bytes: for a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        head = b""
+    if head.startswith(b"\x93NUMPY"):
+        return f"a single .npy array (np.save), not an .npz {what}"
+    if head[:1] == b"\x80" or head.startswith((b"(dp", b"(lp", b"}q", b"]q")):
+        return f"a Python pickle, not an .npz {what} (nerfgan never loads pickles)"
+    return f"not an .npz {what} (not a zip archive of .npy arrays)"
+
+
 class CheckedNpz:
     """An .npz opened for reading; ``what`` names the file kind in errors (every error is InputFileError)."""
 
@@ -35,6 +49,8 @@ class CheckedNpz:
         try:
             self.size = self.path.stat().st_size
             self._zip = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile:
+            raise InputFileError(f"{self.path}: {_not_npz(self.path, what)}") from None
         except _READ_ERRORS as e:
             raise InputFileError(f"{self.path}: not a readable .npz {what} ({type(e).__name__}: {e})") from None
         self.names = [i.filename[:-4] for i in self._zip.infolist() if i.filename.endswith(".npy")]
@@ -82,7 +98,8 @@ class CheckedNpz:
         except _READ_ERRORS as e:
             raise self._fail(name, f"has no readable .npy header ({type(e).__name__}: {e})") from None
         if dtype.hasobject:
-            raise self._fail(name, "holds Python objects")
+            raise self._fail(name, "holds Python objects (a pickle), which nerfgan never loads: a "
+                                   f"{self.what} holds numeric arrays only")
         nbytes = math.prod(shape) * dtype.itemsize
         if header + nbytes != info.file_size:
             raise self._fail(name, f"declares {dtype} {shape} ({nbytes:,} bytes after a {header}-byte header) but "

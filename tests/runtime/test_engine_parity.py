@@ -127,6 +127,8 @@ def test_parity_writes_a_complete_report(export_dir, tmp_path, capsys):
                           "-o", out_dir, "--min-psnr", 1, "--min-ssim", 0.0, "--max-consistency-gap", 100], capsys)
     assert code == 0, err
     assert "PSNR image (dB)" in out and "verdict: PASS" in out and "3D consistency PSNR" in out
+    assert ("thresholds applied: psnr_image >= 1, ssim_image >= 0, consistency_gap_db <= 100" in out
+            and "Blur favours this measure" in out)
     report = json.loads((out_dir / "report.json").read_text())
     assert report["format"] == "nerfgan-parity-report" and report["verdict"] == "pass" and report["missed"] == []
     assert [s["index"] for s in report["samples"]] == list(range(6))
@@ -151,8 +153,10 @@ def test_parity_writes_a_complete_report(export_dir, tmp_path, capsys):
     assert "| PSNR image (dB) |" in md and "| >= 1 | pass |" in md and "## Per yaw" in md
     assert "max \\|w_teacher - w_engine\\| |" in md  # pipes inside a cell are escaped
     assert "x 4" in md and "difference of 0.5 or more" in md
-    grid = Image.open(out_dir / "grid.png")
-    assert grid.size == (3 * 130 - 2, 6 * 130 - 2)  # rows: samples; columns: teacher | engine | difference
+    grid = np.asarray(Image.open(out_dir / "grid.png").convert("RGB"))
+    bare = (6 * 130 - 2, 3 * 130 - 2)  # rows: samples; columns: teacher | engine | difference; 2 px gaps
+    assert grid.shape[0] > bare[0] and grid.shape[1] > bare[1]  # plus the caption strips
+    assert (grid[:, :20].min(axis=-1) < 128).any() and (grid[-10:].min(axis=-1) < 128).any()  # row labels, footer
     assert Image.open(out_dir / "psnr_vs_yaw.png").size[0] > 100
     assert report["settings"]["plot"] in ("pil", "matplotlib")
 
@@ -168,6 +172,48 @@ def test_missed_threshold_exits_1_after_writing_the_report(export_dir, tmp_path,
     report = json.loads((out_dir / "report.json").read_text())
     assert report["verdict"] == "fail" and report["missed"] == ["psnr_image"]
     assert len(report["samples"]) == 2 and (out_dir / "grid.png").is_file()
+
+
+def _fake_report(thresholds: dict[str, float | None], missed: list[str] | None = None) -> dict:
+    agg = {"psnr_image": 25.0, "ssim_image": 0.8, "psnr_raw": 24.0, "ssim_raw": 0.7, "consistency_psnr_engine": 26.0,
+           "consistency_psnr_teacher": 25.5, "consistency_gap_db": -0.5, "w_max_abs_diff": 1e-7}
+    checks = [{"metric": m, "value": agg[m], "threshold": thresholds.get(m), "op": op, "passed": None}
+              for m, op in (("psnr_image", ">="), ("ssim_image", ">="), ("consistency_gap_db", "<="))]
+    return {"aggregates": agg, "checks": checks, "missed": missed or [], "verdict": "fail" if missed else "pass",
+            "per_yaw": [{"yaw": 0.0, "n": 1, "psnr_image": 25.0, "ssim_image": 0.8, "psnr_raw": 24.0, "ssim_raw": 0.7}]}
+
+
+def test_summary_names_the_thresholds_applied_or_gives_no_verdict():
+    from nerfgan.runtime.parity_report import summary_text
+
+    text = summary_text(_fake_report({}))
+    assert text.splitlines()[-1] == "verdict: no threshold given, no verdict" and "PASS" not in text
+    assert "engine 26.00 dB, teacher 25.50 dB (engine above its teacher)" in text
+    assert "Blur favours this measure (a blurrier image is more consistent across views)" in text
+    text = summary_text(_fake_report({"psnr_image": 30.0, "consistency_gap_db": 1.0}, missed=["psnr_image"]))
+    assert text.splitlines()[-1] == ("verdict: FAIL (thresholds applied: psnr_image >= 30, consistency_gap_db <= 1; "
+                                     "missed: psnr_image)")
+    text = summary_text(_fake_report({"ssim_image": 0.5}))
+    assert text.splitlines()[-1] == "verdict: PASS (thresholds applied: ssim_image >= 0.5)"
+
+
+def test_grid_image_is_captioned_with_seed_pose_and_difference_scale():
+    from nerfgan.captions import caption_grid, difference, difference_note, layout
+    from nerfgan.io import to_uint8
+    from nerfgan.runtime.parity_report import grid_image
+
+    rng = np.random.default_rng(0)
+    t, e = rng.uniform(-1, 1, (2, 2, 3, 32, 32)).astype(np.float32)
+    samples = [{"seed": 3, "yaw": 0.0, "pitch": 0.0}, {"seed": 3, "yaw": -20.0, "pitch": 8.0}]
+    img = grid_image(t, e, samples=samples)
+    tiles = [[to_uint8(t[i]), to_uint8(e[i]), difference(e, t)[i]] for i in range(2)]
+    args = dict(columns=["teacher", "engine", "difference"], rows=["seed 3\nyaw 0 pitch 0", "seed 3\nyaw -20 pitch 8"],
+                footer=difference_note("engine", "teacher"))
+    lay = layout(tiles, **args)
+    np.testing.assert_array_equal(img, caption_grid(tiles, **args))
+    assert img.shape == lay.shape and lay.left > 0 and lay.top > 0 and lay.bottom > 0
+    y, x = lay.origin(1, 2)
+    np.testing.assert_array_equal(img[y:y + 32, x:x + 32], difference(e[1:], t[1:])[0])
 
 
 def test_psnr_plot_with_pil(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import invoke
+from nerfgan.captions import GAP, layout
 from nerfgan.runtime import run_cli
 from nerfgan.runtime.run_cli import main
 
@@ -26,6 +27,14 @@ def pixels(path):
     with Image.open(path) as im:
         assert im.mode == "RGB"
         return np.asarray(im)
+
+
+def plan_of(**options):
+    """run_cli.make_plan with every option at its command-line default but ``options``."""
+    defaults = dict(engine="export", precision=None, device="cpu", threads=None, pose_text="0,0", seed=None,
+                    seeds_text=None, truncation=0.7, fov=None, output="out.png", grid=False, cols=None, orbit=None,
+                    yaw_range=None, pitch_range=None, fps=None, interp=None, steps=None, space=None, batch=4)
+    return run_cli.make_plan(**{**defaults, **options})
 
 
 def files(d):
@@ -59,17 +68,26 @@ def test_grid_is_near_square_and_holds_every_seed(export_dir, gen, tmp_path, cap
                         "-o", tmp_path / "grid.png"], capsys)
     assert code == 0, err
     grid = pixels(tmp_path / "grid.png")
-    assert grid.shape == (2 * RES, 3 * RES, 3)  # 5 seeds: ceil(sqrt(5)) = 3 columns, 2 rows
     want = gen.render(seeds=[0, 1, 2, 3, 4], yaw=10, pitch=5)
+    labels = [["seed 0", "seed 1", "seed 2"], ["seed 3", "seed 4"]]  # 5 seeds: ceil(sqrt(5)) = 3 columns, 2 rows
+    lay = layout([list(want[:3]), list(want[3:])], labels=labels)  # tile positions (the footer comes after them)
+    assert grid.shape[1] == 3 * RES + 2 * GAP and grid.shape[0] > 2 * (RES + lay.below) + GAP  # + the footer
     for k in range(5):
-        r, c = divmod(k, 3)
-        np.testing.assert_array_equal(grid[r * RES:(r + 1) * RES, c * RES:(c + 1) * RES], want[k])
-    assert not grid[RES:, 2 * RES:].any(), "the empty cell is not black"
+        y, x = lay.origin(*divmod(k, 3))
+        np.testing.assert_array_equal(grid[y:y + RES, x:x + RES], want[k])
+        assert (grid[y + RES:y + RES + lay.below, x:x + RES].min(axis=-1) < 128).sum() > 10  # "seed k" under it
+    footer = grid[2 * (RES + lay.below + GAP):]
+    assert (footer.min(axis=-1) < 128).sum() > 100  # "yaw 10 pitch 5, truncation 0.7; rendered by ..."
+    y, x = lay.origin(1, 2)
+    assert (grid[y:y + RES, x:x + RES] == 255).all(), "the empty cell is not white"
+    assert run_cli.caption_footer(plan_of(pose_text="10,5", seeds_text="0-4", grid=True)).startswith(
+        "yaw 10 pitch 5, truncation 0.7; rendered by nerfgan-run from ")
 
     code, _, err = run(["--engine", export_dir, "--seeds", "0-3", "--grid", "--cols", 4, "-o", tmp_path / "row.png"],
                        capsys)
     assert code == 0, err
-    assert pixels(tmp_path / "row.png").shape == (RES, 4 * RES, 3)
+    row = pixels(tmp_path / "row.png")
+    assert row.shape[1] == 4 * RES + 3 * GAP and row.shape[0] > RES + lay.below  # one row, its labels, a footer
 
 
 def test_orbit_gif(export_dir, gen, tmp_path, capsys):
@@ -92,8 +110,11 @@ def test_orbit_gif(export_dir, gen, tmp_path, capsys):
 def test_orbit_with_seeds_makes_grid_frames(export_dir, tmp_path, capsys):
     code, _, err = run(["--engine", export_dir, "--seeds", "0-1", "--orbit", 3, "-o", tmp_path / "o.gif"], capsys)
     assert code == 0, err
-    with Image.open(tmp_path / "o.gif") as im:
-        assert im.n_frames == 3 and im.size == (2 * RES, RES)
+    with Image.open(tmp_path / "o.gif") as im:  # two tiles side by side, "seed 0" / "seed 1" under them, a footer
+        assert im.n_frames == 3 and im.size[0] == 2 * RES + GAP and im.size[1] > RES + 20
+        im.seek(2)
+        last = np.asarray(im.convert("RGB"))
+    assert (last[RES:].min(axis=-1) < 128).sum() > 100  # the captions are on every frame
 
 
 def test_interp_strip_and_gif(export_dir, gen, tmp_path, capsys):
@@ -101,16 +122,21 @@ def test_interp_strip_and_gif(export_dir, gen, tmp_path, capsys):
                         "-o", tmp_path / "strip.png"], capsys)
     assert code == 0, err
     strip = pixels(tmp_path / "strip.png")
-    assert strip.shape == (RES, 4 * RES, 3)
-    np.testing.assert_array_equal(strip[:, :RES], gen.render(seeds=3)[0])
-    np.testing.assert_array_equal(strip[:, 3 * RES:], gen.render(seeds=5)[0])
-    assert not np.array_equal(strip[:, RES:2 * RES], strip[:, :RES])
+    assert strip.shape[1] == 4 * RES + 3 * GAP and strip.shape[0] > RES + 20  # one row, labels and a footer below
+    x3 = 3 * (RES + GAP)
+    np.testing.assert_array_equal(strip[:RES, :RES], gen.render(seeds=3)[0])
+    np.testing.assert_array_equal(strip[:RES, x3:x3 + RES], gen.render(seeds=5)[0])
+    assert not np.array_equal(strip[:RES, RES + GAP:2 * RES + GAP], strip[:RES, :RES])
+    assert (strip[RES:].min(axis=-1) < 128).sum() > 100  # "seed 3", "t = 0.33", ..., the footer
+    plan = plan_of(interp="3,5", steps=4, space="w")
+    assert run_cli.tile_labels(plan) == ["seed 3", "t = 0.33", "t = 0.67", "seed 5"]
+    assert run_cli.caption_footer(plan).startswith("interpolation in w from seed 3 to seed 5; yaw 0 pitch 0")
 
     code, _, err = run(["--engine", export_dir, "--interp", "3,5", "--steps", 4, "--space", "z",
                         "-o", tmp_path / "z.png"], capsys)
     assert code == 0, err
     z_strip = pixels(tmp_path / "z.png")  # slerp in z keeps the ends
-    np.testing.assert_array_equal(z_strip[:, :RES], strip[:, :RES])
+    np.testing.assert_array_equal(z_strip[:RES, :RES], strip[:RES, :RES])
 
     code, out, err = run(["--engine", export_dir, "--interp", "3,5", "--steps", 5, "-o", tmp_path / "i.gif"], capsys)
     assert code == 0, err

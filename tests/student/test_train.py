@@ -130,6 +130,35 @@ def test_outputs_of_a_run(tmp_path, renders, capsys):
     assert json.loads((out / "config.json").read_text())["student"] == json.loads(student.config.to_json())
 
 
+def test_eval_grid_is_captioned_with_the_shared_difference_scale(tiny_student_path, builtin_teacher):
+    import numpy as np
+
+    from nerfgan import camera
+    from nerfgan.captions import difference, difference_note, layout
+    from nerfgan.io import to_uint8
+    from nerfgan.student.train import comparison_grid
+
+    student = load_student(tiny_student_path)
+    z = torch.from_numpy(np.concatenate([np.random.default_rng(s).standard_normal((1, 512)) for s in (0, 1)])).float()
+    c = torch.from_numpy(camera.pose(np.array([-30.0, 20.0]), np.array([0.0, 10.0])))
+    with torch.no_grad():
+        ws = builtin_teacher.mapping(z, c, truncation_psi=0.7)
+        w, teacher = ws[:, 0], builtin_teacher.synthesis(ws, c).image
+        out = student(w, c).image.clamp(-1, 1).numpy()
+    grid = comparison_grid(student, {"w": w, "c": c, "image": teacher})
+    t = teacher.clamp(-1, 1).numpy()
+    tiles = [[to_uint8(t[i]), to_uint8(out[i]), difference(out, t)[i]] for i in range(2)]
+    lay = layout(tiles, columns=["teacher", "student", "difference"],
+                 rows=["held-out 0\nyaw -30 pitch 0", "held-out 1\nyaw 20 pitch 10"],
+                 footer=difference_note("student", "teacher"))
+    assert grid.shape == lay.shape and lay.top > 0 and lay.left > 0 and lay.bottom > 0
+    for r in range(2):
+        for col in range(3):
+            y, x = lay.origin(r, col)
+            np.testing.assert_array_equal(grid[y:y + 128, x:x + 128], tiles[r][col])
+    assert (grid[-lay.bottom:].min(axis=-1) < 128).sum() > 100  # the difference scale
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "1", "--resume"], "nothing to resume"),
     (["--steps", "1", "--refresh", "0.5", "--no-renders"], "--refresh needs --renders"),
