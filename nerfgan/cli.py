@@ -61,6 +61,9 @@ def _register_runtime_commands() -> None:
     from nerfgan.scenes.commands import scene
 
     cli.add_command(scene)
+    from nerfgan.serve.command import serve_command  # imports click only; FastAPI and uvicorn when it serves
+
+    cli.add_command(serve_command)
 
 
 _register_runtime_commands()

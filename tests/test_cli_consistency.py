@@ -104,6 +104,7 @@ def dry_run_cases(tmp, student):
         "scene dataset": (main, ["scene", "dataset", "--n", 2], ("-o", "--out", "--output"), tmp / "data.zip", "out"),
         "scene fit": (main, ["scene", "fit"], ("-o", "--out", "--output"), tmp / "fit", None),
         "scene score": (main, ["scene", "score", "--n", 1], ("-o", "--out", "--json"), tmp / "score.json", "out"),
+        "serve": (main, ["serve", "--engine", engine], (), None, None),
         "nerfgan-run": (run_main, ["--engine", engine, "--seed", 3], ("-o", "--out", "--output"), tmp / "view.png",
                         "outputs"),
     }
