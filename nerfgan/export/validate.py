@@ -114,11 +114,20 @@ def _polygraphy() -> Any:
     return polygraphy
 
 
+def _input_metadata(spec: S.ModelSpec) -> Any:
+    """Polygraphy's description of ``spec``'s inputs (the batch axis dynamic)."""
+    from polygraphy.common import TensorMetadata
+
+    meta = TensorMetadata()
+    for t in spec.inputs:
+        meta.add(t.name, dtype=np.dtype(t.dtype), shape=[-1 if d == S.BATCH else d for d in t.shape])
+    return meta
+
+
 def torch_runner(module: torch.nn.Module, spec: S.ModelSpec, name: str = "pytorch") -> Any:
     """A Polygraphy runner for a torch module on the CPU (Polygraphy's own PytRunner moves inputs to CUDA)."""
     _polygraphy()
     from polygraphy.backend.base import BaseRunner
-    from polygraphy.common import TensorMetadata
 
     class TorchRunner(BaseRunner):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -128,10 +137,7 @@ def torch_runner(module: torch.nn.Module, spec: S.ModelSpec, name: str = "pytorc
             module.eval()
 
         def get_input_metadata_impl(self) -> Any:
-            meta = TensorMetadata()
-            for t in spec.inputs:
-                meta.add(t.name, dtype=np.dtype(t.dtype), shape=[-1 if d == S.BATCH else d for d in t.shape])
-            return meta
+            return _input_metadata(spec)
 
         def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
             start = time.time()
@@ -152,7 +158,6 @@ def backend_runner(open_backend: Any, spec: S.ModelSpec, name: str) -> Any:
     the candidate is run by the same code an application runs it with."""
     _polygraphy()
     from polygraphy.backend.base import BaseRunner
-    from polygraphy.common import TensorMetadata
 
     class BackendRunner(BaseRunner):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -163,10 +168,7 @@ def backend_runner(open_backend: Any, spec: S.ModelSpec, name: str) -> Any:
             self.backend = open_backend()
 
         def get_input_metadata_impl(self) -> Any:
-            meta = TensorMetadata()
-            for t in spec.inputs:
-                meta.add(t.name, dtype=np.dtype(t.dtype), shape=[-1 if d == S.BATCH else d for d in t.shape])
-            return meta
+            return _input_metadata(spec)
 
         def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
             start = time.time()
