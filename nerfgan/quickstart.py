@@ -6,8 +6,8 @@ known, so the student is judged against its teacher AND against the ground truth
 
 Stages, each written into DIR and reused by a later run with the same settings. A stage is done when its
 marker DIR/.quickstart/<stage>.json records the settings it depends on (its own option and those of the stages
-before it: --renders from `renders` on, --minutes from `train` on); a changed option redoes exactly the stages
-that depend on it, and each redone stage says why. A changed --minutes or --renders trains a new student from
+before it: --renders from `renders` on, --minutes from `train` on, except `calibrate`, whose samples hold no
+student); a changed option redoes exactly the stages that depend on it, and each redone stage says why. A changed --minutes or --renders trains a new student from
 scratch (the student then depends on the settings only, never on earlier calls); a killed or Ctrl-C'd run with
 the same settings continues from its checkpoint. ``--force`` redoes every stage; in DIR/run it removes only what
 nerfgan runs wrote there. A folder that is not nerfgan's is refused before any work:
@@ -75,8 +75,8 @@ class Quickstart:
         settings: dict[str, Any] = {"stage": stage}
         if k >= STAGES.index("renders"):
             settings["renders"] = self.n_renders
-        if k >= STAGES.index("train"):
-            settings["minutes"] = self.minutes
+        if k >= STAGES.index("train") and stage != "calibrate":  # calibration samples are teacher renders and the
+            settings["minutes"] = self.minutes                      # frozen teacher mapping's codes: no student in them
             if self.steps is not None:
                 settings["steps"] = self.steps
         return settings
