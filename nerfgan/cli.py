@@ -64,6 +64,9 @@ def _register_runtime_commands() -> None:
     from nerfgan.serve.command import serve_command  # imports click only; FastAPI and uvicorn when it serves
 
     cli.add_command(serve_command)
+    from nerfgan.student.invert_command import invert_command  # imports click only; torch when it runs
+
+    cli.add_command(invert_command)
 
 
 _register_runtime_commands()

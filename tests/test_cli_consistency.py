@@ -105,6 +105,8 @@ def dry_run_cases(tmp, student):
         "scene fit": (main, ["scene", "fit"], ("-o", "--out", "--output"), tmp / "fit", None),
         "scene score": (main, ["scene", "score", "--n", 1], ("-o", "--out", "--json"), tmp / "score.json", "out"),
         "serve": (main, ["serve", "--engine", engine], (), None, None),
+        "invert": (main, ["invert", tmp / "photo.png", "--student", student, "--pose", "0,0"], ("-o", "--out", "--output"),
+                   tmp / "inv", "out"),
         "nerfgan-run": (run_main, ["--engine", engine, "--seed", 3], ("-o", "--out", "--output"), tmp / "view.png",
                         "outputs"),
     }
