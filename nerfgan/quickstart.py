@@ -292,6 +292,8 @@ class Quickstart:
         self.echo(f"\nnerfgan quickstart: made in {o}/")
         if self.reused:
             self.echo(f"  redone: {', '.join(self.redone) or 'nothing'}; reused: {', '.join(self.reused)}")
+        elif self.redone:
+            self.echo(f"  ran every stage{' again (--force)' if self.force else ''}: {', '.join(self.redone)}")
         for path, what in lines:
             if (o / path.rstrip("/")).exists():
                 self.echo(f"  {str(o / path):<40} {what}")
