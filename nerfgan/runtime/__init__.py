@@ -7,13 +7,15 @@
 :func:`load` takes an export folder (manifest.json; ``precision`` picks the student file), a
 student ONNX file (mapping.onnx beside it is used for seeds), a TensorRT plan (student.plan with
 its sidecar; mapping.plan or mapping.onnx beside it), or a student checkpoint (.safetensors, run
-by PyTorch). See nerfgan.runtime.generator for the contract and nerfgan.runtime.backends for the
-backends.
+by PyTorch). ONNX files run in ONNX Runtime unless ``backend="openvino"`` asks for OpenVINO's CPU
+plugin (nerfgan.runtime.openvino_backend; never chosen silently). See nerfgan.runtime.generator for
+the contract and nerfgan.runtime.backends for the backends.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from nerfgan.errors import InputFileError, NerfganError, UsageError
@@ -22,9 +24,33 @@ from nerfgan.runtime import spec as S
 from nerfgan.runtime.backends import Backend, OnnxBackend, TorchBackend
 from nerfgan.runtime.generator import Generator
 
-__all__ = ["Backend", "Generator", "load", "open_backend"]
+__all__ = ["Backend", "Generator", "Runtime", "load", "open_backend"]
 
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX file (load's ``backend``)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Which runtime runs ONNX files: 'onnxruntime' (the default) or 'openvino' (CPU), and OpenVINO's
+    inference precision for the student ('fp32', or 'bf16' behind its gate); a mapping always runs fp32."""
+
+    backend: str = "onnxruntime"
+    openvino_precision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in RUNTIMES:
+            raise UsageError(f"--backend: choose one of {', '.join(RUNTIMES)}, got {self.backend!r}")
+        if self.openvino_precision is not None and self.backend != "openvino":
+            raise UsageError("openvino_precision works with backend='openvino' only")
+        if self.openvino_precision not in (None, "fp32", "bf16"):
+            raise UsageError(f"openvino_precision: choose fp32 or bf16, got {self.openvino_precision!r}")
+
+    def for_kind(self, kind: str) -> "Runtime":
+        return self if kind == "student" else Runtime(self.backend)
+
+
+ONNXRUNTIME = Runtime()
 
 
 def _resolve_device(device: str) -> str:
@@ -42,14 +68,24 @@ def _resolve_device(device: str) -> str:
 
 def open_backend(path: str | os.PathLike[str], kind: str = "student", device: str = "cpu",
                  precision: str = "fp32", threads: int | None = None, artifact: S.Artifact | None = None,
-                 manifest: Path | None = None) -> Backend:
-    """One model file as a Backend: .onnx (ONNX Runtime), .plan (TensorRT), .safetensors (PyTorch, ``kind`` part).
+                 manifest: Path | None = None, runtime: Runtime = ONNXRUNTIME) -> Backend:
+    """One model file as a Backend: .onnx (ONNX Runtime, or OpenVINO when ``runtime`` says so), .plan (TensorRT),
+    .safetensors (PyTorch, ``kind`` part).
 
     ``artifact``: the file's manifest entry (``manifest`` is that manifest's path); its size and sha256 are checked
     before the file is used.
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if runtime.backend == "openvino":
+        if suffix != ".onnx":
+            raise UsageError(f"{p}: --backend openvino runs ONNX files (.onnx), not {suffix or 'this file'}")
+        if device != "cpu":
+            raise UsageError(f"--backend openvino runs on the CPU: --device {device} is not available with it")
+        from nerfgan.runtime.openvino_backend import OpenVinoBackend, OpenVinoSettings
+
+        settings = OpenVinoSettings(inference_precision=runtime.openvino_precision or "fp32", threads=threads)
+        return OpenVinoBackend(p, settings, artifact=artifact, manifest=manifest)
     if suffix == ".onnx":
         return OnnxBackend(p, device=device, threads=threads, artifact=artifact, manifest=manifest)
     if suffix in (".plan", ".engine"):
@@ -66,8 +102,16 @@ def open_backend(path: str | os.PathLike[str], kind: str = "student", device: st
 
 
 def load(path: str | os.PathLike[str], precision: str | None = None, device: str = "auto",
-         threads: int | None = None) -> Generator:
-    """A Generator for ``path`` (see the module docstring). ``threads``: ONNX Runtime intra-op threads.
+         threads: int | None = None, backend: str | None = None, openvino_precision: str | None = None) -> Generator:
+    """A Generator for ``path`` (see the module docstring). ``threads``: ONNX Runtime intra-op threads (OpenVINO's
+    INFERENCE_NUM_THREADS).
+
+    ``backend``: what runs ONNX files: None or 'onnxruntime' (the default), or 'openvino' (OpenVINO's CPU plugin,
+    the ``[openvino]`` extra; CPU only, so device 'auto' means 'cpu'; an export folder's ONNX files, never a
+    TensorRT plan or a .safetensors). ``openvino_precision``: the student's inference precision under OpenVINO,
+    'fp32' (the default, set explicitly: OpenVINO would pick bf16 on a CPU with bfloat16) or 'bf16' (refused when
+    its image outputs are below BF16_MIN_PSNR, 30 dB, from ONNX Runtime's on a probe batch; see
+    nerfgan.runtime.openvino_backend).
 
     What is checked before a file is used (InputFileError naming the file, one line):
 
@@ -84,13 +128,17 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
     ONNX, one protobuf parse to find external data (0.12 s for 200 MB), before ONNX Runtime's own load.
     """
     p = Path(path)
-    dev = _resolve_device(device)
+    via = Runtime(backend or "onnxruntime", openvino_precision)
+    # OpenVINO runs on the CPU: 'auto' is the CPU (open_backend refuses 'cuda' with it)
+    dev = "cpu" if via.backend == "openvino" and device == "auto" else _resolve_device(device)
     if p.is_dir():
         with folder_lock(p, shared=True, what="export folder"):
-            return _load_export_dir(p, precision, dev, threads)
+            return _load_export_dir(p, precision, dev, threads, via)
     if not p.is_file():
         what = "not a regular file" if p.exists() else "not found"
         raise InputFileError(f"{p}: {what} (expected an export folder, .onnx, .plan or student .safetensors)")
+    if via.backend != "onnxruntime" and p.suffix.lower() != ".onnx":
+        raise UsageError(f"{p}: --backend {via.backend} runs ONNX files (an export folder or a .onnx file)")
     if p.suffix.lower() == ".safetensors":
         import torch
 
@@ -108,21 +156,22 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
                              ".safetensors)")
     if (p.parent / S.MANIFEST).exists():
         with folder_lock(p.parent, shared=True, what="export folder"):
-            return _load_listed_file(p, dev, threads)
-    return _load_file(p, dev, threads)
+            return _load_listed_file(p, dev, threads, via)
+    return _load_file(p, dev, threads, via)
 
 
 def _mapping_names(p: Path) -> tuple[str, ...]:
     return ("mapping.plan", "mapping.onnx") if p.suffix.lower() in (".plan", ".engine") else ("mapping.onnx",)
 
 
-def _load_file(p: Path, device: str, threads: int | None) -> Generator:
+def _load_file(p: Path, device: str, threads: int | None, via: Runtime = ONNXRUNTIME) -> Generator:
     """A model file with no manifest beside it; a mapping beside it only when it comes from the same checkpoint."""
-    student = open_backend(p, "student", device, threads=threads)
+    student = open_backend(p, "student", device, threads=threads, runtime=via)
     try:
         for name in _mapping_names(p):
             if (p.parent / name).is_file():
-                mapping = open_backend(p.parent / name, "mapping", device, threads=threads)
+                mapping = open_backend(p.parent / name, "mapping", device, threads=threads,
+                                       runtime=via.for_kind("mapping"))
                 ours, theirs = _checkpoint(student), _checkpoint(mapping)
                 if ours and ours == theirs:
                     return Generator(student, mapping)
@@ -135,19 +184,19 @@ def _load_file(p: Path, device: str, threads: int | None) -> Generator:
         raise
 
 
-def _load_listed_file(p: Path, device: str, threads: int | None) -> Generator:
+def _load_listed_file(p: Path, device: str, threads: int | None, via: Runtime = ONNXRUNTIME) -> Generator:
     """A model file with manifest.json beside it: it must be listed there (the folder lock is held)."""
     manifest = S.read_export(p.parent)
     art = manifest.find(p.name)
     if art is None:
         raise InputFileError(f"{p}: not listed in {manifest.path}: a leftover of an earlier export; use the "
                              f"folder {p.parent} or a file it lists")
-    student = _open_listed(manifest, art, "student", device, threads)
+    student = _open_listed(manifest, art, "student", device, threads, via)
     try:
         for name in _mapping_names(p):
             listed = manifest.find(name)
             if listed is not None and listed.kind == "mapping":
-                return Generator(student, _open_listed(manifest, listed, "mapping", device, threads))
+                return Generator(student, _open_listed(manifest, listed, "mapping", device, threads, via))
         note = next((f"{n} beside it is not listed in {S.MANIFEST} (a leftover of an earlier export)"
                      for n in _mapping_names(p) if (p.parent / n).exists()), None)
         return Generator(student, None, no_mapping=note)
@@ -156,22 +205,25 @@ def _load_listed_file(p: Path, device: str, threads: int | None) -> Generator:
         raise
 
 
-def _load_export_dir(d: Path, precision: str | None, device: str, threads: int | None) -> Generator:
+def _load_export_dir(d: Path, precision: str | None, device: str, threads: int | None,
+                     via: Runtime = ONNXRUNTIME) -> Generator:
     """An export folder (the caller holds its shared lock)."""
     manifest = S.read_export(d)
     arts = manifest.artifacts
-    fmt = "tensorrt" if device == "cuda" and any(a.format == "tensorrt" for a in arts) else "onnx"
+    fmt = "tensorrt" if device == "cuda" and via.backend == "onnxruntime" and any(a.format == "tensorrt" for a in arts) \
+        else "onnx"
     prec = precision or "fp32"
     student = next((a for a in arts if a.kind == "student" and a.precision == prec and a.format == fmt), None)
     if student is None:
         have = sorted({f"{a.precision} ({a.format})" for a in arts if a.kind == "student"})
         raise UsageError(f"{d}: no {prec} {fmt} student in this export (it has: {', '.join(have) or 'none'})")
     mapping = next((a for a in arts if a.kind == "mapping" and a.format == fmt), None) \
-        or next((a for a in arts if a.kind == "mapping" and a.format in ("onnx", "tensorrt")), None)
-    s = _open_listed(manifest, student, "student", device, threads)
+        or next((a for a in arts if a.kind == "mapping" and a.format in
+                 (("onnx",) if via.backend == "openvino" else ("onnx", "tensorrt"))), None)
+    s = _open_listed(manifest, student, "student", device, threads, via)
     m = None
     try:
-        m = _open_listed(manifest, mapping, "mapping", device, threads) if mapping else None
+        m = _open_listed(manifest, mapping, "mapping", device, threads, via) if mapping else None
         return Generator(s, m)
     except BaseException:
         for b in (s, m):
@@ -180,10 +232,12 @@ def _load_export_dir(d: Path, precision: str | None, device: str, threads: int |
         raise
 
 
-def _open_listed(manifest: S.Manifest, art: S.Artifact, kind: str, device: str, threads: int | None) -> Backend:
+def _open_listed(manifest: S.Manifest, art: S.Artifact, kind: str, device: str, threads: int | None,
+                 via: Runtime = ONNXRUNTIME) -> Backend:
     """A file the manifest lists, checked: contained in the folder, size and sha256, kind and checkpoint."""
     path = S.artifact_path(manifest, art)
-    b = open_backend(path, kind, device, threads=threads, artifact=art, manifest=manifest.path)
+    b = open_backend(path, kind, device, threads=threads, artifact=art, manifest=manifest.path,
+                     runtime=via.for_kind(kind))
     try:
         if b.spec.kind != art.kind:
             raise InputFileError(f"{path}: is a {b.spec.kind} model, but {manifest.path} lists it as a {art.kind}")

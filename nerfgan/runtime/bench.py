@@ -29,6 +29,12 @@ Peak memory, per (model, batch), in MiB:
 A batch above an engine's max_batch (a TensorRT profile; the mapping's too, for 'full') is reported
 'n/a' with the reason instead of being split or crashing; one below its min_batch is timed as the
 Generator runs it, padded to the minimum, with a note.
+
+``--backend onnxruntime|openvino`` (repeated like ``--precision``: once for all engines, or once per engine)
+says what runs each engine's ONNX files (default: ONNX Runtime). When one student file is timed under two
+runtimes (e.g. ``--engine E --engine E --backend onnxruntime --backend openvino``), the output ends with one
+line per batch saying which is faster on this CPU, from images/s ('full', or 'from w' when either has no
+'full'); the JSON has them under "comparisons". Nothing about the defaults changes.
 """
 
 from __future__ import annotations
@@ -141,8 +147,9 @@ def figures(times: Sequence[float], batch: int) -> dict[str, float]:
     return {"img_s": batch / p50, "p50_ms": 1000 * p50, "p90_ms": 1000 * float(np.percentile(times, 90))}
 
 
-def _row(model: str, path: str, backend: str, precision: str, batch: int) -> dict[str, Any]:
-    return {"model": model, "path": path, "backend": backend, "precision": precision, "batch": batch, "status": "ok",
+def _row(model: str, path: str, backend: str, precision: str, batch: int, student: str | None = None) -> dict[str, Any]:
+    return {"model": model, "path": path, "backend": backend, "precision": precision, "batch": batch,
+            "student": student, "status": "ok",
             "reason": None, "full": None, "from_w": None, "peak_mib": None, "base_mib": None, "memory": None,
             "speedup": None, "speedup_from_w": None, "note": None}
 
@@ -190,15 +197,16 @@ def bench_teacher(teacher: str, batches: Sequence[int], device: str, runs: int, 
 
 
 def bench_engine(label: str, path: str, precision: str | None, batches: Sequence[int], device: str, runs: int,
-                 warmup: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Rows of one engine ('full' and 'from w'), one per batch; 'n/a' rows above its max_batch."""
+                 warmup: int, log: Callable[[str], None] = print, backend: str | None = None) -> list[dict[str, Any]]:
+    """Rows of one engine ('full' and 'from w'), one per batch; 'n/a' rows above its max_batch. ``backend``: what
+    runs its ONNX files (nerfgan.runtime.load's)."""
     import nerfgan.runtime as nr
 
     rows = []
-    with nr.load(path, precision=precision, device=device) as g:
+    with nr.load(path, precision=precision, device=device, backend=backend) as g:
         torch_cuda = g.backend.startswith("pytorch-cuda")
         for b in batches:
-            row = _row(label, str(path), g.backend, g.precision, b)
+            row = _row(label, str(path), g.backend, g.precision, b, str(g.student.path.resolve()))
             rows.append(row)
             if g.student.max_batch is not None and b > g.student.max_batch:
                 row.update(status="n/a", reason=f"batch {b} > max_batch {g.student.max_batch} of {g.student.path.name}")
@@ -227,8 +235,10 @@ def bench_engine(label: str, path: str, precision: str | None, batches: Sequence
 
 def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | None] = (),
               batches: Sequence[int] = (1, 4, 16), device: str = "auto", runs: int = 5, warmup: int = 2,
-              log: Callable[[str], None] = print, allow_other_teacher: bool = False) -> dict[str, Any]:
-    """Time the teacher and every engine at every batch -> {'machine', 'settings', 'rows', ...} (module docstring).
+              log: Callable[[str], None] = print, allow_other_teacher: bool = False,
+              backends: Sequence[str | None] = ()) -> dict[str, Any]:
+    """Time the teacher and every engine at every batch -> {'machine', 'settings', 'rows', 'comparisons', ...}
+    (module docstring). ``backends``: like ``precisions``, none, one for all engines or one per engine.
 
     Engines distilled from another teacher are refused before any timing unless ``allow_other_teacher``.
     """
@@ -237,7 +247,18 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
     if len(precisions) not in (0, 1, len(engines)):
         raise UsageError(f"--precision: give one for all engines or one per engine ({len(precisions)} given for "
                          f"{len(engines)} engines)")
+    if len(backends) not in (0, 1, len(engines)):
+        raise UsageError(f"--backend: give one for all engines or one per engine ({len(backends)} given for "
+                         f"{len(engines)} engines)")
     precs = list(precisions) * len(engines) if len(precisions) == 1 else (list(precisions) or [None] * len(engines))
+    bends = list(backends) * len(engines) if len(backends) == 1 else (list(backends) or [None] * len(engines))
+    for be in bends:
+        if be not in (None, "onnxruntime", "openvino"):
+            raise UsageError(f"--backend: choose onnxruntime or openvino, got {be!r}")
+    if "openvino" in bends:
+        from nerfgan.runtime.openvino_backend import import_openvino
+
+        import_openvino()  # a missing extra is one line before any timing
     if isinstance(runs, bool) or runs < 1 or isinstance(warmup, bool) or warmup < 0:
         raise UsageError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}")
     batches = parse_batches(",".join(str(b) for b in batches))
@@ -247,11 +268,11 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
         if not Path(e).exists():
             raise InputFileError(f"{e}: engine not found (expected an export folder, .onnx, .plan or .safetensors)")
     tdev = torch_device_for(device)
-    checks = check_teachers(teacher, engines, precs, device, allow_other_teacher, log)
+    checks = check_teachers(teacher, engines, precs, device, allow_other_teacher, log, bends)
     rows = bench_teacher(teacher, batches, tdev, runs, warmup, log)
     teacher_ips = {r["batch"]: r["full"]["img_s"] for r in rows}
-    for k, (path, prec) in enumerate(zip(engines, precs)):
-        for r in bench_engine(f"engine {k + 1}", path, prec, batches, device, runs, warmup, log):
+    for k, (path, prec, be) in enumerate(zip(engines, precs, bends)):
+        for r in bench_engine(f"engine {k + 1}", path, prec, batches, device, runs, warmup, log, be):
             if r["full"] is not None:
                 r["speedup"] = r["full"]["img_s"] / teacher_ips[r["batch"]]
             if r["from_w"] is not None:
@@ -260,12 +281,47 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
     return {"format": BENCH_FORMAT, "format_version": "1", "nerfgan_version": nerfgan.__version__,
             "machine": _machine(tdev),
             "settings": {"teacher": teacher, "engines": list(engines), "precisions": precs, "batches": list(batches),
-                         "device": device, "runs": runs, "warmup": warmup, "truncation": TRUNCATION},
-            "teacher_checks": checks, "rows": rows}
+                         "device": device, "runs": runs, "warmup": warmup, "truncation": TRUNCATION,
+                         "backends": bends},
+            "teacher_checks": checks, "rows": rows, "comparisons": compare_runtimes(rows)}
+
+
+def _runtime(row: dict[str, Any]) -> str:
+    """'onnxruntime', 'openvino', 'pytorch', 'tensorrt': the first word of a row's backend label."""
+    return str(row["backend"]).split("-")[0]
+
+
+def compare_runtimes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each student file timed under two runtimes at one batch: which is faster, by how much.
+
+    Figure: images/s 'full' when both rows have it, else 'from w'. The first row of each runtime counts (a
+    second engine with the same file and runtime is not compared again). -> [{'file', 'batch', 'faster',
+    'slower', 'ratio', 'figure'}].
+    """
+    firsts: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["model"] != "teacher" and r["status"] == "ok" and r.get("student"):
+            firsts.setdefault((r["student"], r["batch"], _runtime(r)), r)
+    out = []
+    keys = list(firsts)
+    for i, (file, batch, rt_a) in enumerate(keys):
+        for file_b, batch_b, rt_b in keys[i + 1:]:
+            if (file_b, batch_b) != (file, batch) or rt_b == rt_a:
+                continue
+            a, b = firsts[(file, batch, rt_a)], firsts[(file, batch, rt_b)]
+            figure = "full" if a["full"] and b["full"] else "from_w"
+            if not (a[figure] and b[figure]):
+                continue
+            ia, ib = a[figure]["img_s"], b[figure]["img_s"]
+            fast, slow = (rt_a, rt_b) if ia >= ib else (rt_b, rt_a)
+            out.append({"file": file, "batch": batch, "faster": fast, "slower": slow,
+                        "ratio": max(ia, ib) / min(ia, ib), "figure": figure})
+    return out
 
 
 def check_teachers(teacher: str, engines: Sequence[str], precisions: Sequence[str | None], device: str,
-                   allow_other: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+                   allow_other: bool, log: Callable[[str], None],
+                   backends: Sequence[str | None] = ()) -> list[dict[str, Any]]:
     """Every engine's nerfgan.teacher.identity record against ``teacher``, before anything is timed."""
     import nerfgan.runtime as nr
     from nerfgan.runtime.parity import check_engine_teacher
@@ -273,8 +329,8 @@ def check_teachers(teacher: str, engines: Sequence[str], precisions: Sequence[st
 
     model = load_teacher(teacher, device="cpu")
     checks = []
-    for path, prec in zip(engines, precisions):
-        with nr.load(path, precision=prec, device=device) as g:
+    for path, prec, be in zip(engines, precisions, list(backends) or [None] * len(engines)):
+        with nr.load(path, precision=prec, device=device, backend=be) as g:
             checks.append(check_engine_teacher(model, g, str(path), teacher, allow_other))
         if checks[-1].get("note"):
             log(f"note: {path}: {checks[-1]['note']}")
@@ -295,6 +351,8 @@ def _machine(torch_device: str) -> dict[str, Any]:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         info["onnxruntime"] = None
+    ov = sys.modules.get("openvino")  # loaded by an engine run with --backend openvino; not imported here
+    info["openvino"] = getattr(ov, "__version__", None) if ov is not None else None
     info["gpu"] = torch.cuda.get_device_name() if torch_device == "cuda" else None
     return info
 
@@ -326,6 +384,10 @@ def table_text(result: dict[str, Any]) -> str:
         out.append(f"engine {k + 1}: {e}")
     out += [f"{r['model']}, batch {r['batch']}: {'; '.join(x for x in (r['reason'], r.get('note')) if x)}"
             for r in result["rows"] if r["status"] == "ok" and (r["reason"] or r.get("note"))]
+    for c in result.get("comparisons", []):
+        how = "images/s" if c["figure"] == "full" else "images/s from w"
+        out.append(f"{c['faster']} is {c['ratio']:.2f}x faster than {c['slower']} for {Path(c['file']).name} "
+                   f"on this CPU (batch {c['batch']}, {how})")
     s = result["settings"]
     out.append(f"median of {s['runs']} runs after {s['warmup']} warm-up(s); img/s and x teacher from 'full' "
                "(seeds -> images); peak memory: see nerfgan.runtime.bench")
@@ -338,6 +400,8 @@ def table_text(result: dict[str, Any]) -> str:
               help="Export folder, student .onnx / .plan or .safetensors; repeat for several engines.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Student precision inside an export folder: once for all engines, or once per engine.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
+              help="What runs the ONNX files (default onnxruntime): once for all engines, or once per engine.")
 @click.option("--batch", "batch_text", default="1,4,16", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True, help="Where to run.")
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed calls per figure (the median is reported).")
@@ -347,25 +411,27 @@ def table_text(result: dict[str, Any]) -> str:
 @click.option("--allow-other-teacher", is_flag=True,
               help="Time engines that record another teacher's weights (the JSON says so).")
 @dry_run_option("Print the resolved settings as JSON; load, time and write nothing.")
-def bench_command(teacher: str, engines: tuple[str, ...], precisions: tuple[str, ...], batch_text: str, device: str,
-                  runs: int, warmup: int, json_path: str | None, allow_other_teacher: bool, dry_run: bool) -> None:
+def bench_command(teacher: str, engines: tuple[str, ...], precisions: tuple[str, ...], backends: tuple[str, ...],
+                  batch_text: str, device: str, runs: int, warmup: int, json_path: str | None,
+                  allow_other_teacher: bool, dry_run: bool) -> None:
     """Time the teacher and exported engines: images/s, latency p50/p90, peak memory, speedup per batch.
 
     \b
     Examples:
       nerfgan bench --teacher tiny --engine qs/export --batch 1,4,16
       nerfgan bench --teacher tiny --engine qs/export --engine qs/export --precision fp32 --precision int8 -o bench.json
+      nerfgan bench --teacher tiny --engine qs/export --engine qs/export --backend onnxruntime --backend openvino
     """
     batches = parse_batches(batch_text)
     if dry_run:
-        echo_json({"teacher": teacher, "engines": list(engines), "precisions": list(precisions),
+        echo_json({"teacher": teacher, "engines": list(engines), "precisions": list(precisions), "backends": list(backends),
                    "batches": list(batches), "device": device, "runs": runs, "warmup": warmup, "out": json_path,
                    "allow_other_teacher": allow_other_teacher})
         return
     if json_path:
         check_writable(json_path, "-o/--out file")
     result = run_bench(teacher, engines, precisions, batches, device, runs, warmup,
-                       log=lambda s: click.echo(s, err=True), allow_other_teacher=allow_other_teacher)
+                       log=lambda s: click.echo(s, err=True), allow_other_teacher=allow_other_teacher, backends=backends)
     click.echo(table_text(result))
     if json_path:
         with atomic_path(json_path) as tmp:

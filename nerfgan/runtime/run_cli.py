@@ -138,6 +138,8 @@ class Plan:
     space: str | None  # interp: 'w' (lerp) or 'z' (slerp)
     steps: int | None
     batch: int
+    backend: str | None = None  # what runs ONNX files: None (ONNX Runtime) or 'openvino'
+    openvino_precision: str | None = None  # OpenVINO's student precision: None ('fp32') or 'bf16'
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -146,9 +148,16 @@ class Plan:
 def make_plan(engine: str, precision: str | None, device: str, threads: int | None, pose_text: str, seed: int | None,
               seeds_text: str | None, truncation: float, fov: float | None, output: str, grid: bool, cols: int | None,
               orbit: int | None, yaw_range: float | None, pitch_range: float | None, fps: float | None,
-              interp: str | None, steps: int | None, space: str | None, batch: int) -> Plan:
+              interp: str | None, steps: int | None, space: str | None, batch: int, backend: str | None = None,
+              openvino_precision: str | None = None) -> Plan:
     """Resolve and check every option (UsageError/PoseError naming it) without touching the engine."""
     yaw, pitch, radius = camera.parse_pose(pose_text)
+    if openvino_precision is not None and backend != "openvino":
+        raise UsageError("--openvino-precision works with --backend openvino only")
+    if backend == "openvino" and device == "cuda":
+        raise UsageError("--backend openvino runs on the CPU: use --device cpu (or auto)")
+    if backend == "openvino" and Path(engine).suffix.lower() in (".plan", ".engine", ".safetensors"):
+        raise UsageError(f"--backend openvino runs ONNX files (an export folder or a .onnx file), not {engine}")
     if seed is not None and seeds_text is not None:
         raise UsageError("--seed and --seeds: give one of them")
     if orbit is not None and interp is not None:
@@ -230,7 +239,7 @@ def make_plan(engine: str, precision: str | None, device: str, threads: int | No
     return Plan(engine=engine, precision=precision, device=device, threads=threads, mode=mode, seeds=seeds,
                 truncation=truncation, fov=fov, poses=poses, outputs=outputs, frames=frames, cols=cols,
                 fps=(24.0 if fps is None else fps) if animated else None, space=(space or "w") if mode == "interp" else None,
-                steps=steps, batch=batch)
+                steps=steps, batch=batch, backend=backend, openvino_precision=openvino_precision)
 
 
 def check_engine(path: str, precision: str | None) -> None:
@@ -412,7 +421,14 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
               help="Which student of an export folder (default fp32).")
 @click.option("--device", type=_Choice("auto", "cpu", "cuda"), default="auto", show_default=True,
               metavar="[auto|cpu|cuda]", help="Where to run.")
-@click.option("--threads", type=_Number(int, 1), default=None, help="ONNX Runtime threads (default: all cores).")
+@click.option("--threads", type=_Number(int, 1), default=None,
+              help="ONNX Runtime (or OpenVINO) threads (default: all cores).")
+@click.option("--backend", type=_Choice("onnxruntime", "openvino"), default=None, metavar="[onnxruntime|openvino]",
+              help="What runs ONNX files: ONNX Runtime (default) or OpenVINO's CPU plugin (pip install "
+                   "'nerfgan[openvino]').")
+@click.option("--openvino-precision", type=_Choice("fp32", "bf16"), default=None, metavar="[fp32|bf16]",
+              help="With --backend openvino: the student's inference precision (default fp32; bf16 is refused "
+                   "below 30 dB from ONNX Runtime on a probe batch).")
 @click.option("--pose", "pose_text", default="0,0", show_default=True,
               help="YAW,PITCH[,RADIUS]: degrees from the frontal view (+yaw: the subject's left, +pitch: up); "
                    "radius defaults to the engine's. With --orbit: the centre of the orbit.")
@@ -441,7 +457,8 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 @click.option("-o", "--out", "--output", "output", cls=AliasOption, hidden_names=("--output",), required=True,
               help="File to write: .png (image, grid, strip), .gif or .mp4.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan as JSON; load and render nothing.")
-def run(engine: str, precision: str | None, device: str, threads: int | None, pose_text: str, seed: int | None,
+def run(engine: str, precision: str | None, device: str, threads: int | None, backend: str | None,
+        openvino_precision: str | None, pose_text: str, seed: int | None,
         seeds_text: str | None, grid: bool, cols: int | None, truncation: float, fov: float | None, orbit: int | None,
         yaw_range: float | None, pitch_range: float | None, fps: float | None, interp: str | None, steps: int | None,
         space: str | None, batch: int, output: str, dry_run: bool) -> None:
@@ -455,15 +472,17 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, po
       nerfgan-run --engine qs/export --seed 7 --orbit 48 -o orbit.gif
       nerfgan-run --engine qs/export --interp 3,5 --steps 8 -o strip.png
       nerfgan-run --engine qs/export --precision int8 --seed 7 -o view.png --dry-run
+      nerfgan-run --engine qs/export --backend openvino --seed 7 -o view.png
     """
     plan = make_plan(engine, precision, device, threads, pose_text, seed, seeds_text, truncation, fov, output, grid,
-                     cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch)
+                     cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch, backend, openvino_precision)
     check_engine(engine, precision)
     if dry_run:
         click.echo(plan.to_json())
         return
     check_outputs(plan)
-    with load(engine, precision=precision, device=device, threads=threads) as g:
+    with load(engine, precision=precision, device=device, threads=threads, backend=backend,
+              openvino_precision=openvino_precision) as g:
         check_memory(g, plan)
         for line in execute(g, plan):
             click.echo(line)
