@@ -172,3 +172,14 @@ class Reduce:
 
     def __reduce__(self) -> tuple:
         return self.func, self.args
+
+
+LAST_MODULES = ("test_openvino_backend.py",)
+"""Modules run after every other test. Once OpenVINO has compiled a model in a process, a SIGINT delivered to that
+process during training crashed it (SIGSEGV) in tests/student/test_run_dir.py's signal tests (OpenVINO 2026.4,
+torch 2.13; cause not found yet, see README "Backends"). OpenVINO's tests therefore run when no test that signals
+the process is left."""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: Path(str(item.fspath)).name in LAST_MODULES)  # stable: the order is kept otherwise
