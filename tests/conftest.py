@@ -27,6 +27,18 @@ def invoke(entry, args, capsys):
     return e.value.code, out.out, out.err
 
 
+def wait_until(condition, what: str, hang_after_s: float = 60.0, poll_s: float = 0.01) -> None:
+    """Poll ``condition()`` until it is true. ``hang_after_s`` only guards against a hang (the test then fails
+    saying ``what`` never happened); no test measures how fast anything happens."""
+    import time
+
+    give_up = time.monotonic() + hang_after_s
+    while not condition():
+        if time.monotonic() > give_up:
+            pytest.fail(f"{what}: not after {hang_after_s:g} s (hung)")
+        time.sleep(poll_s)
+
+
 def saturate_int8_scales(monkeypatch, factor: float = 0.1) -> None:
     """Make nerfgan-export's INT8 step write activation scales ``factor`` times the calibrated ones: a
     realistic bad quantization (what a wrong calibration range gives) that the INT8 gate must refuse."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import shutil
 import threading
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke
+from conftest import invoke, wait_until
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'nerfgan[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
@@ -258,10 +257,8 @@ def test_a_full_queue_answers_503_and_the_loop_stays_free(gen, monkeypatch):
             first = pool.submit(c.post, "/v1/render", json={"seed": 1})
             assert entered.wait(30)  # the worker is inside the engine call
             second = pool.submit(c.post, "/v1/render", json={"seed": 2})
-            deadline = time.monotonic() + 30
-            while c.get("/healthz").json()["queued"] < 1:  # the event loop answers while the engine is busy
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(lambda: c.get("/healthz").json()["queued"] >= 1,  # the loop answers while the engine is busy
+                       "the second request queued", hang_after_s=30)
             r = c.post("/v1/render", json={"seed": 3})
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["error"]
             assert c.get("/healthz").json()["refused"] == 1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
+
+from conftest import wait_until
 
 from nerfgan.errors import UsageError
 from nerfgan.serve.batching import BatcherClosed, MicroBatcher, QueueFull
@@ -62,20 +63,17 @@ def test_queue_bound_retry_after_cancel_and_close():
     assert queued[0].cancel()  # a client that went away: its job is skipped, not run
     gate.set()
     assert running.result(10) == 0 and queued[1].result(10) == 2
-    deadline = time.monotonic() + 10
-    while b.stats().batches < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: b.stats().batches >= 2, "the second batch ran")
     assert b.stats().batches == 2
     b.close()
 
 
 def test_close_fails_the_queued_jobs():
-    gate = threading.Event()
-    b: MicroBatcher[int, int] = MicroBatcher(lambda jobs: (gate.wait(30), jobs)[1], size=lambda j: 1, max_batch=1,
-                                             max_wait_s=0)
+    gate, entered = threading.Event(), threading.Event()
+    b: MicroBatcher[int, int] = MicroBatcher(lambda jobs: (entered.set(), gate.wait(30), jobs)[2], size=lambda j: 1,
+                                             max_batch=1, max_wait_s=0)
     first, second = b.submit(1), b.submit(2)
-    time.sleep(0.2)
+    assert entered.wait(10)  # the worker runs the first job; the second waits in the queue
     threading.Timer(0.3, gate.set).start()
     b.close()
     assert first.result(10) == 1

@@ -10,14 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke
+from conftest import invoke, wait_until
 from nerfgan.cli import main, run_main
 
 
@@ -80,10 +79,12 @@ def test_the_readme_curl_example_matches_nerfgan_run(tiny_export_dir, tmp_path, 
         assert m, first
         port = m.group(1)
         assert "127.0.0.1 only" in server.stdout.readline()  # type: ignore[union-attr]
-        deadline = time.monotonic() + 60
-        while subprocess.run(["curl", "-sf", f"localhost:{port}/healthz"], capture_output=True, timeout=10).returncode:
-            assert time.monotonic() < deadline and server.poll() is None, "the server did not come up"
-            time.sleep(0.1)
+        def up() -> bool:
+            assert server.poll() is None, "the server exited"
+            return subprocess.run(["curl", "-sf", f"localhost:{port}/healthz"], capture_output=True,
+                                  timeout=10).returncode == 0
+
+        wait_until(up, "the server answered /healthz", poll_s=0.1)
         # the README's example as written, on this server's port
         subprocess.run(["curl", "-s", "-X", "POST", f"localhost:{port}/v1/render",
                         "-H", "content-type: application/json", "-d", '{"seed":7,"yaw":20,"pitch":-5}', "-o", "x.png"],
