@@ -14,23 +14,11 @@ from typing import Any
 
 import click
 
-from nerfgan.cli_common import SEED, checkpoint_option, dry_run_option, echo_json, out_option, version_option
+from nerfgan.cli_common import DEVICE, SEED, checkpoint_option, dry_run_option, echo_json, out_option, version_option
+from nerfgan.cli_common import resolve_device as _device
 from nerfgan.errors import NerfganError, UsageError
 from nerfgan.io import check_writable
 
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    return name
-
-
-DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                      help="Where to run.")
 
 
 @click.group()

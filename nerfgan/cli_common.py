@@ -3,7 +3,8 @@
 * ``-o/--out`` names every output; the old long spellings (``--output``, ``--json``) still work, hidden from --help;
 * ``--teacher`` / ``--student`` name the two checkpoints; ``--ckpt`` still works, hidden, for one release;
 * ``--dry-run`` prints the resolved settings as JSON and exits 0 before any heavy work;
-* ``--version`` prints nerfgan.__version__.
+* ``--version`` prints nerfgan.__version__;
+* ``--device auto|cpu|cuda``, resolved by :func:`resolve_device` when the command runs.
 
 Imports click only (the commands' --help stays fast).
 """
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 import nerfgan
+from nerfgan.errors import UsageError
 
 SEED_MAX = 2**32 - 1  # numpy RandomState seeds, as upstream
 
@@ -57,6 +59,21 @@ def dry_run_option(help: str = "Print the resolved settings as JSON and exit; wr
 def version_option(prog_name: str) -> Callable[[Any], Any]:
     return click.version_option(nerfgan.__version__, "--version", prog_name=prog_name,
                                 message="%(prog)s %(version)s")
+
+
+def resolve_device(name: str) -> str:
+    """--device: 'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is a UsageError."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return name
+
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="Where to run.")
 
 
 def echo_json(settings: dict[str, Any]) -> None:

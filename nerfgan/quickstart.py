@@ -63,7 +63,6 @@ class Quickstart:
         self.minutes, self.n_renders, self.force, self.device, self.echo = minutes, renders, force, device, echo
         self.steps = steps
         self.marks = self.out / ".quickstart"
-        self.made: list[tuple[str, str]] = []  # (path, what)
         self.redone: list[str] = []  # stages run by this call
         self.reused: list[str] = []  # stages whose earlier result was valid for these settings
         self.why = "not done yet"  # why the stage being run is run (why_redo)

@@ -65,6 +65,15 @@ def fp32_nodes(graph: Any, extra_scopes: Iterable[str] = ()) -> list[str]:
     return sorted(names | demodulation_nodes(graph))
 
 
+def _read_through(nodes: Iterable[Any], alias: dict[str, str]) -> None:
+    """Make every input of ``nodes`` that names an alias read the tensor the alias chain ends at, in place."""
+    for n in nodes:
+        for k, name in enumerate(n.input):
+            while name in alias:
+                name = alias[name]
+            n.input[k] = name
+
+
 def drop_identities(model: Any) -> Any:
     """Remove Identity nodes (the exporter emits them for weights used twice): consumers read the
     source directly. The converter would otherwise give an Identity a float16 output feeding a
@@ -72,11 +81,7 @@ def drop_identities(model: Any) -> Any:
     graph_outputs = {o.name for o in model.graph.output}
     rename = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.output[0] not in graph_outputs}
     kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
-    for n in kept:
-        for i, name in enumerate(n.input):
-            while name in rename:
-                name = rename[name]
-            n.input[i] = name
+    _read_through(kept, rename)
     del model.graph.node[:]
     model.graph.node.extend(kept)
     return model
@@ -165,11 +170,7 @@ def fold_casts(model: Any) -> Any:
                 first[(src, to)] = n.output[0]
         if not alias:
             return model
-        for n in g.node:
-            for k, name in enumerate(n.input):
-                while name in alias:
-                    name = alias[name]
-                n.input[k] = name
+        _read_through(g.node, alias)
         while True:
             used = {i for n in g.node for i in n.input} | outputs
             live = [n for n in g.node if any(o in used for o in n.output)]

@@ -275,7 +275,7 @@ def _make_all(student: Any, sha: str, teacher: str | None, stage: Path, config: 
 
         judges[name] = fp32_judge
         artifacts.append(Artifact(name, kind, "fp32", "onnx", fp32_judge(V.onnx_runner(stage / name), name)))
-        _log_checks(artifacts[-1], log)
+        _log_checks(artifacts[-1].checks, log)
     if config.fp16:
         artifacts.append(_fp16(student, sha, teacher, stage, config, reference["student"], judges, log))
     if config.int8:
@@ -307,7 +307,7 @@ def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
     judges[name] = judge
     a = Artifact(name, "student", "fp16", "onnx", judge(V.onnx_runner(stage / name), name),
                  {"nodes_kept_fp32": kept, "nodes": total})
-    _log_checks(a, log)
+    _log_checks(a.checks, log)
     return a
 
 
@@ -351,7 +351,7 @@ def _int8(student: Any, sha: str, teacher: str | None, stage: Path, config: Expo
                  {"int8_backend": backend, "excluded_nodes": excluded, "calibration": str(calib.path),
                   "calibration_samples": k,
                   "judged_on": {"rows": [k, n], "sample_index": [int(i) for i in calib.arrays["index"][k:]]}})
-    _log_checks(a, log)
+    _log_checks(a.checks, log)
     return a
 
 
@@ -370,33 +370,30 @@ def _plans(student: Any, stage: Path, config: ExportConfig, onnx_artifacts: list
 
     from nerfgan.calibrate.int8 import unquantized_to_fp16
     from nerfgan.export import validate as V
-    from nerfgan.export.tensorrt import STRONGLY_TYPED_SINCE, _version_tuple, build_engine
+    from nerfgan.export.tensorrt import build_engine, import_tensorrt, strongly_typed
     from nerfgan.export.to_onnx import read_metadata, specs_for, write_metadata
-    from nerfgan.runtime.plan import import_tensorrt
 
     specs = specs_for(student)
-    strongly_typed = _version_tuple(import_tensorrt().__version__) >= STRONGLY_TYPED_SINCE
+    typed = strongly_typed(import_tensorrt().__version__)
     plans = []
     with tempfile.TemporaryDirectory(prefix="nerfgan-plan-") as scratch:
         for a in onnx_artifacts:
             name = a.file.replace(".onnx", ".plan")
             source, extra = stage / a.file, {"onnx": a.file}
-            if a.precision == "int8" and strongly_typed:
+            if a.precision == "int8" and typed:
                 source = Path(scratch) / "student_int8_fp16.onnx"
                 onnx.save(unquantized_to_fp16(onnx.load(str(stage / a.file))), str(source))
                 write_metadata(source, read_metadata(stage / a.file))
                 source_checks = judges[a.file](V.onnx_runner(source), f"{a.file} (unquantized parts in FP16)")
-                for c in source_checks:
-                    log(f"{'ok  ' if c.ok else 'MISS'} {c.describe()}")
-                if not all(c.ok for c in source_checks):
-                    V.raise_on_misses(source_checks)
+                _log_checks(source_checks, log)
+                V.raise_on_misses(source_checks)
                 extra["built_from"] = f"{a.file} with its unquantized layers in float16 (opset 19 Q/DQ)"
             build_engine(source, stage / name, spec=specs[a.kind], batch=config.resolved_batch, precision=a.precision,
                          workspace_gib=config.workspace_gib, timing_cache=stage.parent / ".nerfgan-timing.cache",
                          onnx_metadata=read_metadata(source), log=log)
             plans.append(Artifact(name, a.kind, a.precision, "tensorrt",
                                   judges[a.file](V.plan_runner(stage / name, specs[a.kind]), name), extra))
-            _log_checks(plans[-1], log)
+            _log_checks(plans[-1].checks, log)
     return plans
 
 
@@ -418,8 +415,8 @@ def _triton(config: ExportConfig, stage: Path, artifacts: list[Artifact], studen
     log(f"wrote Triton repository {config.triton} (student: {student_file}, {backend} backend)")
 
 
-def _log_checks(a: Artifact, log: Callable[[str], None]) -> None:
-    for c in a.checks:
+def _log_checks(checks: list[Any], log: Callable[[str], None]) -> None:
+    for c in checks:
         log(f"{'ok  ' if c.ok else 'MISS'} {c.describe()}")
 
 

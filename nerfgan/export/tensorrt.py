@@ -51,6 +51,11 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(m) for m in re.findall(r"\d+", version)[:2])
 
 
+def strongly_typed(tensorrt_version: str) -> bool:
+    """Whether this TensorRT builds strongly typed networks (precision from the ONNX file), as build_engine does."""
+    return _version_tuple(tensorrt_version) >= STRONGLY_TYPED_SINCE
+
+
 
 
 def _check_args(spec: ModelSpec, batch: tuple[int, int, int], precision: str, workspace_gib: float,
@@ -87,10 +92,10 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
     import tensorrt as trt  # the same module, imported statically so mypy checks these calls (.ci/typecheck-tensorrt)
 
     gpu_name, capability = gpu_info()
-    strongly_typed = _version_tuple(trt.__version__) >= STRONGLY_TYPED_SINCE
+    typed = strongly_typed(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx)):
@@ -103,7 +108,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if not strongly_typed and precision in ("fp16", "int8"):  # weakly typed TensorRT < 10.12 only
+    if not typed and precision in ("fp16", "int8"):  # weakly typed TensorRT < 10.12 only
         config.set_flag(getattr(trt.BuilderFlag, precision.upper()))  # FP16 / INT8: gone in 11.x
     if precision == "fp32":  # TF32 is on by default (10-bit mantissa): an FP32 plan must meet the FP32 tolerance
         config.clear_flag(trt.BuilderFlag.TF32)
@@ -118,7 +123,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
             raise InputFileError(f"{cache_path}: timing cache unreadable or made for another GPU/TensorRT; "
                                  "delete it or pass another path")
 
-    mode = "strongly typed" if strongly_typed else f"weakly typed, {precision}"
+    mode = "strongly typed" if typed else f"weakly typed, {precision}"
     log(f"building TensorRT {trt.__version__} engine from {onnx} on {gpu_name} ({mode}, batch {batch})")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -131,7 +136,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
         onnx_sha256=file_sha256(onnx), precision=precision, kind=spec.kind, batch=(batch[0], batch[1], batch[2]),
-        strongly_typed=strongly_typed, nerfgan_version=nerfgan.__version__,
+        strongly_typed=typed, nerfgan_version=nerfgan.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), metadata=metadata)
     plan_file = Path(plan_path)
     sidecar_path(plan_file).unlink(missing_ok=True)  # never leave an old sidecar describing a new plan

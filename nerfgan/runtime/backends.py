@@ -132,10 +132,7 @@ class OnnxBackend(Backend):
         except ImportError:
             raise MissingDependencyError("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)") from None
         p = Path(path)
-        if not p.is_file():
-            raise InputFileError(f"{p}: ONNX file not found")
-        data = S.read_checked(p, artifact, manifest)
-        check_external_data(parse_onnx(data, p), p)
+        data = read_onnx_checked(p, artifact, manifest)[0]  # the parse is dropped at once (the weights twice otherwise)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -201,6 +198,18 @@ def parse_onnx(data: bytes, path: Path) -> onnx.ModelProto:
         raise InputFileError(f"{path}: ONNX Runtime cannot load it: not an ONNX model ({type(e).__name__}: "
                              f"{str(e)[:200]})") from None
     return model
+
+
+def read_onnx_checked(path: Path, artifact: S.Artifact | None = None,
+                      manifest: Path | None = None) -> tuple[bytes, onnx.ModelProto]:
+    """The bytes of ONNX file ``path`` (checked against its manifest entry when given: S.read_checked) and their
+    parse, whose external data locations :func:`check_external_data` has checked: what a backend hands its engine."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: ONNX file not found")
+    data = S.read_checked(path, artifact, manifest)
+    proto = parse_onnx(data, path)
+    check_external_data(proto, path)
+    return data, proto
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> None:

@@ -233,6 +233,13 @@ def bench_engine(label: str, path: str, precision: str | None, batches: Sequence
     return rows
 
 
+def per_engine(values: Sequence[str | None], n: int, option: str) -> list[str | None]:
+    """A repeated option for ``n`` engines: none (None for each), one for all, or one per engine."""
+    if len(values) not in (0, 1, n):
+        raise UsageError(f"{option}: give one for all engines or one per engine ({len(values)} given for {n} engines)")
+    return list(values) * n if len(values) == 1 else (list(values) or [None] * n)
+
+
 def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | None] = (),
               batches: Sequence[int] = (1, 4, 16), device: str = "auto", runs: int = 5, warmup: int = 2,
               log: Callable[[str], None] = print, allow_other_teacher: bool = False,
@@ -244,14 +251,8 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
     """
     if not engines:
         raise UsageError("--engine: give at least one engine")
-    if len(precisions) not in (0, 1, len(engines)):
-        raise UsageError(f"--precision: give one for all engines or one per engine ({len(precisions)} given for "
-                         f"{len(engines)} engines)")
-    if len(backends) not in (0, 1, len(engines)):
-        raise UsageError(f"--backend: give one for all engines or one per engine ({len(backends)} given for "
-                         f"{len(engines)} engines)")
-    precs = list(precisions) * len(engines) if len(precisions) == 1 else (list(precisions) or [None] * len(engines))
-    bends = list(backends) * len(engines) if len(backends) == 1 else (list(backends) or [None] * len(engines))
+    precs = per_engine(precisions, len(engines), "--precision")
+    bends = per_engine(backends, len(engines), "--backend")
     for be in bends:
         if be not in (None, "onnxruntime", "openvino"):
             raise UsageError(f"--backend: choose onnxruntime or openvino, got {be!r}")
@@ -321,7 +322,7 @@ def compare_runtimes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def check_teachers(teacher: str, engines: Sequence[str], precisions: Sequence[str | None], device: str,
                    allow_other: bool, log: Callable[[str], None],
-                   backends: Sequence[str | None] = ()) -> list[dict[str, Any]]:
+                   backends: Sequence[str | None]) -> list[dict[str, Any]]:
     """Every engine's nerfgan.teacher.identity record against ``teacher``, before anything is timed."""
     import nerfgan.runtime as nr
     from nerfgan.runtime.parity import check_engine_teacher
@@ -329,7 +330,7 @@ def check_teachers(teacher: str, engines: Sequence[str], precisions: Sequence[st
 
     model = load_teacher(teacher, device="cpu")
     checks = []
-    for path, prec, be in zip(engines, precisions, list(backends) or [None] * len(engines)):
+    for path, prec, be in zip(engines, precisions, backends):
         with nr.load(path, precision=prec, device=device, backend=be) as g:
             checks.append(check_engine_teacher(model, g, str(path), teacher, allow_other))
         if checks[-1].get("note"):

@@ -34,7 +34,7 @@ import numpy as np
 
 from nerfgan.errors import ConfigError, InputFileError, MissingDependencyError, UsageError
 from nerfgan.runtime import spec as S
-from nerfgan.runtime.backends import Backend, check_external_data, parse_onnx, spec_from_metadata
+from nerfgan.runtime.backends import Backend, read_onnx_checked, spec_from_metadata
 
 INSTALL = "pip install 'nerfgan[openvino]'"
 PRECISIONS = ("fp32", "bf16")  # inference precisions a user may ask for; INT8 files keep their Q/DQ as exported
@@ -100,11 +100,7 @@ class OpenVinoBackend(Backend):
         cfg = settings or OpenVinoSettings()
         ov = import_openvino()
         p = Path(path)
-        if not p.is_file():
-            raise InputFileError(f"{p}: ONNX file not found")
-        data = S.read_checked(p, artifact, manifest)
-        proto = parse_onnx(data, p)
-        check_external_data(proto, p)
+        data, proto = read_onnx_checked(p, artifact, manifest)
         external = any(e.key == "location" for t in proto.graph.initializer for e in t.external_data)
         metadata = {e.key: e.value for e in proto.metadata_props}
         del proto
@@ -136,7 +132,7 @@ class OpenVinoBackend(Backend):
             raise ConfigError(f"{p}: the model's inputs {got_in} and outputs {sorted(self._outputs)} do not match "
                               f"its {S.META_IO} metadata ({spec.input_names} and {spec.output_names})")
         self._inputs = got_in
-        self._request = self._compiled.create_infer_request()
+        self._request: Any = None  # the dynamic-shape model's request, made when static_shapes is 0
         self._static_max = cfg.static_shapes
         import openvino.properties.hint as hints
 
@@ -169,6 +165,8 @@ class OpenVinoBackend(Backend):
         """The infer request for ``batch`` (compiled on first use, the last static_shapes kept; runs under the lock)
         and its output index per name."""
         if self._static_max <= 0:
+            if self._request is None:
+                self._request = self._compiled.create_infer_request()
             compiled, request = self._compiled, self._request
         elif batch in self._static:
             self._static.move_to_end(batch)

@@ -126,41 +126,39 @@ def camera_for(model: Model, yaw: float, pitch: float, radius: float | None = No
     return c.reshape(1, 25).astype(np.float32)
 
 
+def _map_frontal(model: Model, z: torch.Tensor, psi: float) -> torch.Tensor:
+    """w (B, w_dim) of latents z (B, z_dim) through the model's mapping, truncation ``psi``, conditioned on the frontal
+    camera (as everywhere in nerfgan)."""
+    r = _rendering(model)
+    c_cond = torch.from_numpy(camera.frontal(r.avg_camera_radius, r.avg_camera_pivot)[None]).to(z.device)
+    c_cond = c_cond.expand(len(z), 25)
+    with torch.no_grad():
+        if isinstance(model, StudentGenerator):
+            return model.teacher_mapping(z, c_cond, psi).float()
+        return model.mapping(z, c_cond, truncation_psi=psi)[:, 0].float()
+
+
+def _z_dim(model: Model) -> int:
+    return int(model.config.teacher.z_dim if isinstance(model, StudentGenerator) else model.config.z_dim)
+
+
 def start_code(model: Model, seed: int | None = None, truncation: float = 0.7) -> torch.Tensor:
     """(1, w_dim) starting code: the mapping's w_avg, or the w of ``seed`` (frontal conditioning camera)."""
     from nerfgan.sampling import z_from_seed
 
-    mapping = _mapping(model)
-    w_avg: torch.Tensor = mapping.w_avg  # type: ignore[assignment]
+    w_avg: torch.Tensor = _mapping(model).w_avg  # type: ignore[assignment]
     if seed is None:
         return w_avg.detach().clone().reshape(1, -1).float()
-    r = _rendering(model)
-    z = torch.from_numpy(z_from_seed(seed, model.config.teacher.z_dim if isinstance(model, StudentGenerator)
-                                     else model.config.z_dim)).to(w_avg.device)
-    c_cond = torch.from_numpy(camera.pose(0.0, 0.0, r.avg_camera_radius, r.avg_camera_pivot)[None]).to(w_avg.device)
-    with torch.no_grad():
-        if isinstance(model, StudentGenerator):
-            return model.teacher_mapping(z, c_cond, truncation).float()
-        return model.mapping(z, c_cond, truncation_psi=truncation)[:, 0].float()
+    return _map_frontal(model, torch.from_numpy(z_from_seed(seed, _z_dim(model))).to(w_avg.device), truncation)
 
 
 def code_scale(model: Model, n: int = 1024, seed: int = 0) -> torch.Tensor:
     """(w_dim,) per-channel standard deviation of w over ``n`` latents z ~ N(0, I) (torch generator ``seed``,
     truncation 1, frontal conditioning camera): the unit in which :func:`invert` moves w. A channel the mapping
     never varies (the built-in teacher's codes use 16 of 512) has scale 0 and stays at its start."""
-    mapping = _mapping(model)
-    w_avg: torch.Tensor = mapping.w_avg  # type: ignore[assignment]
-    r = _rendering(model)
-    z_dim = model.config.teacher.z_dim if isinstance(model, StudentGenerator) else model.config.z_dim
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(w_avg.device)
-    c_cond = torch.from_numpy(camera.pose(0.0, 0.0, r.avg_camera_radius, r.avg_camera_pivot)[None])
-    c_cond = c_cond.to(w_avg.device).expand(n, 25)
-    with torch.no_grad():
-        if isinstance(model, StudentGenerator):
-            w = model.teacher_mapping(z, c_cond, 1.0)
-        else:
-            w = model.mapping(z, c_cond, truncation_psi=1.0)[:, 0]
-    return w.float().std(dim=0)
+    w_avg: torch.Tensor = _mapping(model).w_avg  # type: ignore[assignment]
+    z = torch.randn(n, _z_dim(model), generator=torch.Generator().manual_seed(seed)).to(w_avg.device)
+    return _map_frontal(model, z, 1.0).std(dim=0)
 
 
 def render_code(model: Model, w: torch.Tensor, c: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:

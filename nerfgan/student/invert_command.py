@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from nerfgan.cli_common import SEED, checkpoint_option, dry_run_option, echo_json, out_option
+from nerfgan.cli_common import DEVICE, SEED, checkpoint_option, dry_run_option, echo_json, out_option, resolve_device
 from nerfgan.errors import UsageError
 
 KIND = "inversion"  # nerfgan.io owner-file kind of OUT
@@ -72,8 +72,7 @@ def _curve(values: tuple[float, ...], points: int = 11) -> list[list[float]]:
               help="Novel views in views.png: yaws in degrees, at the photo's pitch.")
 @out_option("out_dir", "OUT folder: w.npy, views.png, invert.json (made, or an earlier inversion folder).",
             required=True, type=click.Path(file_okay=False))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where to run.")
+@DEVICE
 @dry_run_option("Print the resolved settings as JSON; read, optimise and write nothing.")
 def invert_command(photo: str, student_path: str, pose_text: str, steps: int, lr: float, seed: int | None,
                    per_layer: bool, yaws_text: str, out_dir: str, device: str, dry_run: bool) -> None:
@@ -123,11 +122,7 @@ def _run(rgb: Any, settings: dict[str, Any], yaw: float, pitch: float, radius: f
     from nerfgan.student.invert import InversionSettings, camera_for, invert, photo_to_input, render_code
     from nerfgan.student.losses import psnr, ssim
 
-    dev = settings["device"]
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    elif dev == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+    dev = resolve_device(settings["device"])
     t_start = time.perf_counter()
     student = load_student(settings["student"], device=dev)
     res = int(student.config.img_resolution)
