@@ -18,6 +18,7 @@ from nerfgan.cli_common import DEVICE, SEED, checkpoint_option, dry_run_option, 
 from nerfgan.cli_common import resolve_device as _device
 from nerfgan.errors import NerfganError, UsageError
 from nerfgan.io import check_writable
+from nerfgan.student.train_presets import TRAIN_PRESETS  # names only: no torch
 
 
 
@@ -240,11 +241,18 @@ def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_siz
 @click.option("--teacher", "teacher_path", default="tiny", show_default=True,
               help="TEACHER.safetensors, or a built-in teacher name.")
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="RUN_DIR: checkpoints, metrics, grids.")
-@click.option("--preset", type=click.Choice(["tiny", "ffhq512"]), default="tiny", show_default=True,
+@click.option("--preset", type=click.Choice(sorted(TRAIN_PRESETS)), default="tiny", show_default=True,
               help="Student widths and training defaults.")
 @click.option("--renders", type=click.Path(file_okay=False), default=None,
               help="Teacher render set (nerfgan teacher renders); default: render on the fly.")
 @click.option("--refresh", type=click.FloatRange(0, 1), default=None, help="With --renders: fraction of each batch rendered fresh.")
+@click.option("--real", type=click.Path(), default=None,
+              help="DATA folder or DATA.zip in EG3D's dataset format (dataset.json camera labels; nerfgan scene "
+                   "dataset makes one): in stage 2 the discriminator also sees these real images with their cameras. "
+                   "Images must be the teacher's output size.")
+@click.option("--real-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="With --real: fraction of the discriminator's real samples that are real images (the rest are "
+                   "teacher renders).  [default: 0.5]")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Train until this many steps in total.")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="Train for this many minutes of training time (evaluations and checkpoints not counted); with "
@@ -261,10 +269,10 @@ def teacher_renders(teacher_path: str, n: int, seed: int, output: str, batch_siz
 @click.option("--seed", type=SEED, default=None, help="Seed of the sample stream and initialisation.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @DEVICE
-def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, refresh: float | None, steps: int | None,
-          minutes: float | None, resume: bool, batch_size: int | None, stage1_steps: int | None, lr: float | None,
-          no_pose: bool, eval_every: int | None, eval_minutes: str | None, ckpt_every: int | None, n_eval: int | None,
-          seed: int | None, dry_run: bool, device: str) -> None:
+def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, refresh: float | None, real: str | None,
+          real_fraction: float | None, steps: int | None, minutes: float | None, resume: bool, batch_size: int | None,
+          stage1_steps: int | None, lr: float | None, no_pose: bool, eval_every: int | None, eval_minutes: str | None,
+          ckpt_every: int | None, n_eval: int | None, seed: int | None, dry_run: bool, device: str) -> None:
     """Distil the teacher into a pose-conditioned convolutional student (torchrun for many processes).
 
     \b
@@ -272,10 +280,12 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
       nerfgan train --teacher tiny -o run --minutes 10
       nerfgan train --teacher tiny -o run --steps 2000 --renders renders
       nerfgan train --teacher tiny -o run --steps 4000 --resume
+      nerfgan train --teacher tiny -o run --steps 4000 --real data.zip --real-fraction 0.5
       torchrun --nproc_per_node=2 -m nerfgan.cli train --teacher tiny -o run --steps 2000
     """
+    from nerfgan.student.real_data import RealImages
     from nerfgan.student.train import Trainer, init_distributed, train_preset
-    from nerfgan.teacher.checkpoint import load_teacher
+    from nerfgan.teacher.checkpoint import load_teacher, read_teacher_metadata, resolve_teacher_path, teacher_config_of
 
     overrides: dict[str, object] = {k: v for k, v in {
         "batch_size": batch_size, "stage1_steps": stage1_steps, "lr": lr, "eval_every": eval_every,
@@ -289,9 +299,17 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
             raise UsageError(f"--eval-minutes: expected numbers separated by commas, got {eval_minutes!r}") from None
     if refresh and not renders:
         raise UsageError("--refresh needs --renders")
-    cfg = train_preset(preset, **overrides)
+    if real_fraction is not None and real is None:
+        raise UsageError("--real-fraction needs --real")
     if steps is None and minutes is None and not dry_run:
         raise UsageError("give --steps N or --minutes M")
+    real_images = RealImages(real) if real is not None else None  # labels and image headers checked: before the teacher
+    if real_images is not None:
+        overrides.update(real_images.config_fields(0.5 if real_fraction is None else real_fraction))
+    cfg = train_preset(preset, **overrides)
+    if real_images is not None:  # image size against the teacher's (from its file's header), enough images a step
+        teacher_config = teacher_config_of(resolve_teacher_path(teacher_path), read_teacher_metadata(teacher_path))
+        real_images.check(cfg.student_config(teacher_config).img_resolution, cfg.real_fraction, cfg.batch_size)
     dev = init_distributed(_device(device))
     if not dry_run and int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"loading the teacher {teacher_path} ...", err=True)
@@ -300,7 +318,7 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
         scfg = cfg.student_config(teacher.config)
         click.echo(json.dumps({"train": json.loads(cfg.to_json()), "student": json.loads(scfg.to_json())}, indent=1))
         return
-    trainer = Trainer(cfg, teacher, run_dir, renders=renders, resume=resume, device=dev)
+    trainer = Trainer(cfg, teacher, run_dir, renders=renders, resume=resume, device=dev, real=real_images)
     rows = trainer.run(steps=steps, minutes=minutes)
     if trainer.rank == 0:
         last = rows[-1]

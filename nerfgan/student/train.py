@@ -8,7 +8,9 @@ One step (global batch B, split over the processes of a torchrun job):
    the final image), plus in stage 2 the non-saturating adversarial loss (weight 0.1) of the
    pose-conditioned dual discriminator; Adam; EMA of the weights;
 3. discriminator (stage 2 only): logistic loss on teacher (real) vs student (fake) pairs of final
-   and raw images, with the render camera as condition; lazy R1 on the real pairs.
+   and raw images, with the render camera as condition; lazy R1 on the real pairs. With real images
+   (``--real``, nerfgan.student.real_data), a fraction of the real pairs are data set images with
+   their own cameras and an antialiased downsampling as raw image, picked by (seed, step).
 
 Which samples a step uses depends only on (seed, step), so a resumed run sees exactly the data
 an uninterrupted one would; with the saved weights, EMA, discriminator and optimizer states it
@@ -30,6 +32,7 @@ import contextlib
 import copy
 import errno
 import json
+import math
 import os
 import signal
 import stat
@@ -52,8 +55,10 @@ from nerfgan.student.checkpoint import load_train_state, save_student, save_trai
 from nerfgan.student.config import StudentConfig, student_preset
 from nerfgan.student.discriminator import Discriminator
 from nerfgan.student.generator import StudentGenerator
+from nerfgan.student.real_data import RealImages, downsample
 from nerfgan.student.run_dir import (EVAL_DIR, HELD_OUT_FORMAT, NOFOLLOW, RUN_KIND, TrainingInterrupted, claim_run_dir,
                                      read_rows, refuse_links, remove_outputs)
+from nerfgan.student.train_presets import TRAIN_PRESETS
 from nerfgan.student.losses import (
     PSNR_CAP_DB, ReconstructionWeights, d_logistic, g_nonsaturating, psnr, r1_penalty, reconstruction_loss, ssim,
 )
@@ -93,6 +98,17 @@ class TrainConfig:
     eval_every: int = 250  # steps (0: only at eval_minutes and at the end)
     eval_minutes: tuple[float, ...] = ()  # also evaluate when training time passes these marks
     ckpt_every: int = 100  # steps between checkpoints
+    real: str | None = None  # stage 2: EG3D-format data set (folder or .zip, as given) mixed into D's real samples
+    real_fraction: float = 0.0  # with real: fraction of D's real samples that are real images, in (0, 1]
+    real_count: int = 0  # with real: images in the data set
+    real_digest: str | None = None  # with real: RealImages.digest (names, labels and image file sizes)
+
+    def __post_init__(self) -> None:
+        if self.real is None:
+            if self.real_fraction or self.real_count or self.real_digest is not None:
+                raise ConfigError("real_fraction, real_count and real_digest need real (--real-fraction needs --real)")
+        elif not (math.isfinite(self.real_fraction) and 0 < self.real_fraction <= 1):
+            raise ConfigError(f"--real-fraction must be in (0, 1], got {self.real_fraction}")
 
     def student_config(self, teacher: TeacherConfig) -> StudentConfig:
         """The student this run trains for ``teacher``: the preset's widths, with or without pose input."""
@@ -108,14 +124,11 @@ class TrainConfig:
         d["eval_minutes"] = tuple(d["eval_minutes"])
         d["recon"] = ReconstructionWeights(**d["recon"])
         d["pose"] = PoseDistribution(**d["pose"])
-        return cls(**d)
+        return cls(**d)  # fields added later (real, real_fraction, ...) take their defaults in older files
 
 
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "ffhq512": {"batch_size": 16, "stage1_steps": 20000, "d_channel_base": 32768, "d_channel_max": 512,
-                "ema_halflife_images": 10000.0, "eval_every": 1000, "ckpt_every": 500, "n_eval": 64},
-}
+LATER_FIELDS = ("real", "real_fraction", "real_count", "real_digest")
+"""TrainConfig fields that config.json files of older runs lack (their defaults: what those runs did)."""
 
 
 def train_preset(name: str, **overrides: Any) -> TrainConfig:
@@ -246,7 +259,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, teacher: EG3D, run_dir: str | os.PathLike[str], renders: str | None = None,
                  resume: bool = False, device: str | torch.device = "cpu", progress: bool = True,
-                 resume_hint: str = "run the same command with --resume to continue") -> None:
+                 resume_hint: str = "run the same command with --resume to continue",
+                 real: RealImages | None = None) -> None:
         self.cfg, self.teacher, self.progress = cfg, teacher.eval().requires_grad_(False), progress
         self.run_dir = Path(run_dir)
         self.resume_hint = resume_hint  # the end of the line printed when a signal stops the run
@@ -258,7 +272,10 @@ class Trainer:
         self._holds_lock = False
         self._signal = 0  # set by the signal handler during run(), read between steps
         self._last_row: dict[str, Any] | None = None  # the last metrics row written (one row per step)
+        self.real: RealImages | None = None  # stage 2's real images (cfg.real), opened and checked up front
+        self.n_real = 0  # real images among the D's real samples of a step (global batch)
         try:
+            self.real = self._open_real(real)
             self._open_run_dir(resume)
             self._say(f"building the {cfg.preset} student" + (f", loading the render set {renders}" if renders else "")
                       + " ...")
@@ -276,6 +293,24 @@ class Trainer:
             from tqdm import tqdm  # type: ignore[import-untyped]
 
             tqdm.write(message, file=sys.stderr)
+
+    def _open_real(self, real: RealImages | None) -> RealImages | None:
+        """cfg.real opened (or ``real``, when given, checked to be it) and checked against the student's resolution and
+        the batch, before the run folder is touched."""
+        cfg = self.cfg
+        if cfg.real is None:
+            if real is not None:
+                raise UsageError(f"real images {real.path} given, but the training config has no real data set")
+            return None
+        if real is None:
+            real = RealImages(cfg.real)
+        if (len(real), real.digest) != (cfg.real_count, cfg.real_digest):
+            raise UsageError(f"--real {real.path}: not the data set the training config records ({cfg.real_count} "
+                             f"images, digest {str(cfg.real_digest)[:16]}...; this one has {len(real)}, "
+                             f"{real.digest[:16]}...); build the config with RealImages.config_fields")
+        self.n_real = real.check(cfg.student_config(self.teacher.config).img_resolution, cfg.real_fraction,
+                                 cfg.batch_size)
+        return real
 
     def _build(self, renders: str | None) -> None:
         cfg, teacher = self.cfg, self.teacher
@@ -302,6 +337,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.evaluated_marks: list[float] = []
+        self.real_images = 0  # real images the discriminator has seen (global count)
 
     # --- run directory ------------------------------------------------------------------------------
     @property
@@ -346,7 +382,9 @@ class Trainer:
             self._holds_lock = True
 
     def close(self) -> None:
-        """Release the run folder's lock (another process may then train into it)."""
+        """Release the run folder's lock (another process may then train into it) and the real data set's file."""
+        if self.real is not None:
+            self.real.close()  # reopened when read again
         self._lock.close()
         self._holds_lock = False
 
@@ -364,6 +402,9 @@ class Trainer:
                 saved = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise UsageError(f"--resume: {cfg_path} is missing or unreadable ({e})") from None
+            if isinstance(saved, dict) and isinstance(saved.get("train"), dict):  # a run from before LATER_FIELDS
+                defaults = json.loads(TrainConfig().to_json())
+                saved["train"] = {**{k: defaults[k] for k in LATER_FIELDS}, **saved["train"]}
             if saved != meta:
                 diff = sorted(k for k in saved.get("train", {}) if saved["train"][k] != meta["train"].get(k))
                 raise UsageError(f"--resume: {cfg_path} was written with other settings ({', '.join(diff) or 'student'})")
@@ -381,6 +422,7 @@ class Trainer:
             try:
                 self.step, self.train_seconds = int(info["step"]), float(info["train_seconds"])
                 self.evaluated_marks = [float(m) for m in info.get("evaluated_marks", [])]
+                self.real_images = int(info.get("real_images", 0))
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{self.state_path}: malformed training state info ({e})") from None
         if self.rank != 0:
@@ -434,6 +476,8 @@ class Trainer:
         refuse_links(self.run_dir)
         info = {"step": self.step, "train_seconds": self.train_seconds, "evaluated_marks": self.evaluated_marks,
                 TEACHER_KEY: self.teacher_sha256}
+        if self.cfg.real is not None:
+            info["real_images"] = self.real_images
         save_train_state(self.state_path, {"G": self.G, "G_ema": self.G_ema, "D": self.D},
                          {"opt_g": self.opt_g, "opt_d": self.opt_d}, info)
         save_student(self.G_ema, self.run_dir / "student.safetensors",
@@ -466,6 +510,8 @@ class Trainer:
         metrics = evaluate(self.G_ema, self.held_out)
         row = {"step": self.step, "train_minutes": self.train_seconds / 60, "images": self.step * self.cfg.batch_size,
                **metrics}
+        if self.cfg.real is not None:
+            row["real_images"] = self.real_images  # real images the discriminator has seen so far
         self._append_row(row)
         self._last_row = row
         refuse_links(self.run_dir)
@@ -482,6 +528,27 @@ class Trainer:
                 p_ema.lerp_(p, 1 - beta)
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
+
+    def d_real_samples(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The discriminator's real samples of this step on this process -> (image (b, 3, H, W), raw (b, 3, R, R),
+        camera (b, 25), real images in the global batch).
+
+        Without real images: the teacher's renders. With them, the global batch's last n_real positions are data set
+        images picked by (seed, step), their raw the antialiased downsampling to R, their camera their label; this
+        process holds positions [lo, hi) of the global batch as it does for the teacher's samples.
+        """
+        img, raw, c = batch["image"], batch["feature_image"][:, :3], batch["c"]
+        if self.real is None:
+            return img, raw, c, 0
+        B = self.cfg.batch_size
+        lo, hi = self.rank * B // self.world, (self.rank + 1) * B // self.world
+        first_real = B - self.n_real
+        n_teacher = min(max(first_real - lo, 0), hi - lo)  # this process's teacher positions come first
+        picks = self.real.pick(self.cfg.seed, self.step, self.n_real)[max(lo, first_real) - first_real:hi - first_real]
+        r_img, r_c = self.real.load(picks, self.device)
+        r_raw = downsample(r_img, raw.shape[-1])
+        return (torch.cat([img[:n_teacher], r_img]), torch.cat([raw[:n_teacher], r_raw]),
+                torch.cat([c[:n_teacher], r_c]), self.n_real)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -509,9 +576,9 @@ class Trainer:
         if adversarial:
             self.D.requires_grad_(True)
             d_step = self.step - cfg.stage1_steps
-            real_img = batch["image"].detach().requires_grad_(True)
-            real_raw = batch["feature_image"][:, :3].detach().requires_grad_(True)
-            real_logits = self.D(real_img, real_raw, batch["c"])
+            real_img, real_raw, real_c, n_real = self.d_real_samples(batch)
+            real_img, real_raw = real_img.detach().requires_grad_(True), real_raw.detach().requires_grad_(True)
+            real_logits = self.D(real_img, real_raw, real_c)
             fake_logits = self.D(out.image.detach(), out.image_raw.detach(), batch["c"])
             loss_d = d_logistic(real_logits, fake_logits)
             if cfg.r1_gamma > 0 and d_step % cfg.r1_interval == 0:
@@ -523,6 +590,9 @@ class Trainer:
             _all_reduce_grads(list(self.D.parameters()), self.world)
             self.opt_d.step()
             logs["loss_d"] = float(loss_d.detach())
+            if self.real is not None:
+                self.real_images += n_real
+                logs["real_images"] = n_real
         self.step += 1
         return logs
 
