@@ -18,7 +18,10 @@ class StudentConfig:
 
     Widths: the synthesis network has min(channel_base // r, channel_max) channels at resolution r,
     from 4x4 up to the teacher's neural rendering resolution R, and outputs the 32-channel feature
-    image. The super-resolution copies the teacher's (variant and weights).
+    image. The super-resolution has the teacher's variant (structure, resolutions); with ``sr_channels``
+    None it is the teacher's super-resolution (its widths; the trainer copies its weights), with
+    ``sr_channels`` (c0, c1) its two blocks are narrower (c0 and c1 output channels) and the trainer
+    starts them from a slice of the teacher's weights (see StudentGenerator.from_teacher).
     """
 
     teacher: TeacherConfig  # the teacher this student imitates (dims, R, super-resolution, cameras)
@@ -28,6 +31,12 @@ class StudentConfig:
     mapping_lr_multiplier: float = 0.01  # StyleGAN2's equalised-lr multiplier for the mapping MLP
     pose_input: bool = True  # False: the mapping sees w only (the no-pose ablation)
     conv_clamp: float | None = 256.0  # clamp synthesis activations (keeps FP16 export in range)
+    sr_channels: tuple[int, int] | None = None  # output widths of the SR's two blocks; None: the teacher's
+
+    @property
+    def sr_copied(self) -> bool:
+        """True when the super-resolution is the teacher's own (same widths, weights copied at the start)."""
+        return self.sr_channels is None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -41,6 +50,11 @@ class StudentConfig:
         check_int(self.channel_base, "channel_base", 4, limits.MAX_CHANNEL_BASE, source, "MAX_CHANNEL_BASE")
         check_int(self.channel_max, "channel_max", 1, limits.MAX_CHANNELS, source, "MAX_CHANNELS")
         check_int(self.mapping_layers, "mapping_layers", 1, limits.MAX_MAPPING_LAYERS, source, "MAX_MAPPING_LAYERS")
+        if self.sr_channels is not None:
+            if not isinstance(self.sr_channels, tuple) or len(self.sr_channels) != 2:
+                raise ConfigError(f"{source}: sr_channels must be null or two channel counts, got {self.sr_channels!r}")
+            for i, c in enumerate(self.sr_channels):
+                check_int(c, f"sr_channels[{i}]", 1, limits.MAX_CHANNELS, source, "MAX_CHANNELS")
 
     @property
     def resolution(self) -> int:
@@ -64,6 +78,8 @@ class StudentConfig:
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ConfigError(f"{source}: student config JSON is malformed ({type(e).__name__}: {e})") from None
         teacher = TeacherConfig.from_json(teacher_json, source=source)
+        if isinstance(d.get("sr_channels"), list):  # JSON has no tuples; absent (older files): the teacher's SR
+            d["sr_channels"] = tuple(d["sr_channels"])
         try:
             return cls(teacher=teacher, **d)  # __post_init__ checks the limits before anything is built
         except TypeError as e:
@@ -77,9 +93,16 @@ class StudentConfig:
 
 # Presets: synthesis widths per teacher scale. 'tiny' runs on a CPU in minutes; 'ffhq512' is a
 # full-size student for EG3D's 512 px models (a StyleGAN2 synthesis to 128x128 with channel_base 32768, ~45 GMAC per image).
+# The '-fast' presets (beyond the paper) narrow the super-resolution, which is 3/4 of the default
+# student's FLOPs at 512 px, and the synthesis; see benchmarks/presets.py for FLOPs and speed.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"channel_base": 2048, "channel_max": 128, "mapping_layers": 4},
     "ffhq512": {"channel_base": 32768, "channel_max": 512, "mapping_layers": 4},
+    # half the synthesis widths and 3/8 of the super-resolution's (2X: 128, 64 -> 48, 24; 8XDC: 256, 128 -> 96,
+    # 48): at 512 px 5.8x fewer FLOPs, ~3.5x the CPU speed (halving the SR too gave 3.9x FLOPs but only
+    # 2.8-3.0x the speed); see benchmarks/presets.py.
+    "tiny-fast": {"channel_base": 1024, "channel_max": 64, "mapping_layers": 4, "sr_channels": (48, 24)},
+    "ffhq512-fast": {"channel_base": 16384, "channel_max": 256, "mapping_layers": 4, "sr_channels": (96, 48)},
 }
 
 

@@ -13,6 +13,11 @@ The super-resolution has the teacher's structure, starts from the teacher's weig
 teacher's w (as EG3D feeds it ws[:, -1], which equals w when the whole code is truncated), so at
 initialisation it is exactly the teacher's super-resolution applied to the student's feature image.
 
+With ``config.sr_channels`` set (the '-fast' presets) the super-resolution keeps the teacher's
+structure but its blocks are narrower; it starts from a slice of the teacher's weights
+(:func:`slice_superresolution`), which is not the teacher's function, so it trains at the full
+learning rate (``sr_copied`` is False).
+
 Built for export: the non-fused modulated convolution (scale, plain conv, demodulate), constant
 noise, upsampling by transposed convolution + a fixed 4x4 FIR (standard ops), bilinear resizing
 without antialiasing (only ever used to upsample), any batch size.
@@ -20,11 +25,13 @@ without antialiasing (only ever used to upsample), any batch size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nerfgan.errors import ConfigError
 from nerfgan.student.config import StudentConfig
 from nerfgan.teacher.stylegan2 import FullyConnectedLayer, MappingNetwork, SynthesisNetwork, normalize_2nd_moment
 from nerfgan.teacher.superresolution import SuperResolution
@@ -99,7 +106,8 @@ class StudentGenerator(nn.Module):
         self.mapping = PoseMapping(t.w_dim, t.c_dim, self.synthesis.num_ws, config.mapping_layers,
                                    config.mapping_lr_multiplier, config.pose_input)
         self.superresolution = SuperResolution(
-            t.rendering.superresolution, t.w_dim, conv_clamp=t.sr_conv_clamp, antialias=False, noise_mode="none"
+            t.rendering.superresolution, t.w_dim, conv_clamp=t.sr_conv_clamp, antialias=False, noise_mode="none",
+            channels=config.sr_channels,
         )
         for name, p in self.superresolution.named_parameters():
             if name.endswith("noise_strength"):  # kept for the teacher's layout; unused without SR noise
@@ -123,10 +131,49 @@ class StudentGenerator(nn.Module):
         """Everything but the frozen teacher mapping (and the unused SR noise strengths)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    @property
+    def sr_copied(self) -> bool:
+        """True when the super-resolution starts as the teacher's own (smaller SR steps make sense); False
+        when it is a narrower one started from a slice (it should train at the full learning rate)."""
+        return self.config.sr_copied
+
     @classmethod
     def from_teacher(cls, config: StudentConfig, teacher: nn.Module) -> "StudentGenerator":
-        """A fresh student with the teacher's mapping (frozen) and super-resolution weights."""
+        """A fresh student with the teacher's mapping (frozen) and super-resolution weights (copied, or
+        sliced when ``config.sr_channels`` narrows it)."""
         student = cls(config)
         student.teacher_mapping.net.load_state_dict(teacher.backbone.mapping.state_dict())  # type: ignore[union-attr]
-        student.superresolution.load_state_dict(teacher.superresolution.state_dict())  # type: ignore[union-attr]
+        teacher_sr = teacher.superresolution.state_dict()  # type: ignore[union-attr]
+        if config.sr_copied:
+            student.superresolution.load_state_dict(teacher_sr)
+            return student
+        teacher_module = teacher.superresolution
+        assert isinstance(teacher_module, SuperResolution)
+        widths = teacher_module.channels
+        if any(c > t for c, t in zip(student.superresolution.channels, widths)):
+            raise ConfigError(f"student config: sr_channels {config.sr_channels} is wider than the teacher's "
+                              f"super-resolution {widths}; a student's super-resolution starts from a slice of it")
+        slice_superresolution(teacher_sr, student.superresolution)
         return student
+
+
+def slice_superresolution(source: dict[str, torch.Tensor], target: nn.Module) -> None:
+    """Start a narrower super-resolution ``target`` from the teacher's state dict ``source``.
+
+    Every tensor of the target takes the leading part of the teacher's along each axis (the first c
+    channels of each layer: input channels of a weight follow the previous layer's kept outputs, the
+    affine rows the kept inputs); shapes that match are copied whole (filters, constant noise, the
+    32-channel input of block0). ToRGB divides its style by sqrt(input channels), so its sliced weight
+    is scaled by sqrt(c / C) to keep each kept channel's share of the teacher's RGB. Demodulation
+    renormalises the sliced convolutions, so the result is a plausible but not exact copy of the
+    teacher's function: a starting point for full-rate training, not a replacement.
+    """
+    with torch.no_grad():
+        for name, t in target.state_dict().items():
+            s = source[name]
+            if s.ndim != t.ndim or any(a > b for a, b in zip(t.shape, s.shape)):
+                raise ValueError(f"cannot slice the teacher's {name} {tuple(s.shape)} to {tuple(t.shape)}")
+            part = s[tuple(slice(0, n) for n in t.shape)].clone()
+            if name.endswith("torgb.weight") and t.shape[1] != s.shape[1]:
+                part *= math.sqrt(t.shape[1] / s.shape[1])
+            t.copy_(part)

@@ -10,6 +10,9 @@ rendering config (``superresolution_noise_mode``), not from the caller.
 | 4X   | 256 | 128 | R < 128  | NoUp 32->128 @128  | Up 128->64 @256 |
 | 8X   | 512 | 128 | R != 128 | Up 32->128 @256    | Up 128->64 @512 |
 | 8XDC | 512 | 128 | R != 128 | Up 32->256 @256    | Up 256->128 @512 |
+
+``channels`` (c0, c1) replaces the two blocks' output widths (128 and 64 for 2X, ...) for a lighter
+super-resolution of the same structure (the student's fast presets); None keeps the variant's.
 """
 
 from __future__ import annotations
@@ -39,12 +42,19 @@ class SuperResolution(nn.Module):
         conv_clamp: float | None = 256.0,  # upstream clamps when sr_num_fp16_res > 0
         antialias: bool = True,  # antialiased bilinear resize of the input when needed
         noise_mode: str = "none",  # noise of the SR layers (rendering config)
+        channels: tuple[int, int] | None = None,  # output widths of block0, block1; None: the variant's
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown super-resolution variant {variant!r}")
         self.variant, self.antialias, self.noise_mode = variant, antialias, noise_mode
         self.input_resolution, b0, b1, self.resize_only_smaller = VARIANTS[variant]
+        if channels is not None:
+            if len(channels) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+                raise ValueError(f"super-resolution channels must be two positive ints, got {channels!r}")
+            b0 = (b0[0], channels[0], b0[2], b0[3])
+            b1 = (channels[0], channels[1], b1[2])
+        self.channels = (b0[1], b1[1])
         if variant != "8XDC":
             self.register_buffer("resample_filter", fir_filter())  # unused, present upstream
         self.block0 = SynthesisBlock(b0[0], b0[1], w_dim, b0[2], 3, upsample=b0[3], conv_clamp=conv_clamp)
@@ -72,4 +82,4 @@ class SuperResolution(nn.Module):
         return img, rgb0
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant}, input_resolution={self.input_resolution}"
+        return f"variant={self.variant}, input_resolution={self.input_resolution}, channels={self.channels}"
