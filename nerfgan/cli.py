@@ -56,6 +56,9 @@ def _register_runtime_commands() -> None:
     from nerfgan.student.invert_command import invert_command  # imports click only; torch when it runs
 
     cli.add_command(invert_command)
+    from nerfgan.evaluate.fid_command import fid_command  # imports click only; torch and torch-fidelity when it runs
+
+    cli.add_command(fid_command)
 
 
 _register_runtime_commands()

@@ -107,6 +107,8 @@ def dry_run_cases(tmp, student):
         "serve": (main, ["serve", "--engine", engine], (), None, None),
         "invert": (main, ["invert", tmp / "photo.png", "--student", student, "--pose", "0,0"], ("-o", "--out", "--output"),
                    tmp / "inv", "out"),
+        "fid": (main, ["fid", "--engine", engine, "--reference", "tiny", "--n", 8], ("-o", "--out", "--json"),
+                tmp / "fid.json", "out"),
         "nerfgan-run": (run_main, ["--engine", engine, "--seed", 3], ("-o", "--out", "--output"), tmp / "view.png",
                         "outputs"),
     }
