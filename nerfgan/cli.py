@@ -441,6 +441,12 @@ def _export_options(f: Any) -> Any:
         click.option("--batch", "batch_text", default=None,
                      help="MIN,OPT,MAX batch of the TensorRT profile and Triton's max_batch_size (MAX alone: 1,MAX,MAX). "
                           "Default 1,16,16 with --triton (plans tuned for the batches Triton forms), else 1,1,16."),
+        click.option("--aoti", is_flag=True,
+                     help="Also compile student.pt2, an AOTInductor package (PyTorch, no TensorRT) for --device, "
+                          "held to the FP32 gate; run it with nerfgan-run --backend pt2. About a minute of C++ "
+                          "compilation for the tiny student on 2 cores."),
+        click.option("--device", "aoti_device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                     help="Where the --aoti package is compiled and runs (a cuda package needs that GPU)."),
         click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset."),
         click.option("--dry-run", is_flag=True, help="Print the resolved export config and exit."),
     ]
@@ -452,7 +458,8 @@ def _export_options(f: Any) -> Any:
 def _run_export(student_path: str, out_dir: str, fp16: bool, int8: bool, calib: str | None, int8_exclude: str | None,
                 int8_min_psnr: float | None,
                 int8_backend: str, trt: bool, workspace: float, triton: str | None, triton_precision: str | None,
-                triton_backend: str | None, batch_text: str | None, opset: int, dry_run: bool) -> None:
+                triton_backend: str | None, batch_text: str | None, opset: int, dry_run: bool, aoti: bool = False,
+                aoti_device: str = "cpu") -> None:
     from nerfgan.export.pipeline import ExportConfig, export
 
     extra: dict[str, Any] = {}
@@ -463,7 +470,8 @@ def _run_export(student_path: str, out_dir: str, fp16: bool, int8: bool, calib: 
     batch = _batch_triple(batch_text) if batch_text else None
     config = ExportConfig(batch=batch, opset=opset, fp16=fp16, int8=int8, calib=calib,
                           int8_backend=int8_backend, trt=trt, workspace_gib=workspace, triton=triton,
-                          triton_precision=triton_precision, triton_backend=triton_backend, **extra)
+                          triton_precision=triton_precision, triton_backend=triton_backend, aoti=aoti,
+                          aoti_device=aoti_device, **extra)
     if dry_run:
         click.echo(json.dumps({"student": student_path, "out": out_dir, "export": json.loads(config.to_json())}, indent=1))
         return
@@ -478,6 +486,7 @@ _EXPORT_HELP = """Export a student to validated ONNX (FP32, FP16, INT8), TensorR
       {prog} --student qs/run/student.safetensors -o export
       {prog} --student qs/run/student.safetensors -o export --fp16 --int8 --calib qs/calib.npz
       {prog} --student qs/run/student.safetensors -o export --trt --triton repo
+      {prog} --student qs/run/student.safetensors -o export --aoti --device cpu
       {prog} --student qs/run/student.safetensors -o export --dry-run
     """
 

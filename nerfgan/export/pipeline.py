@@ -9,6 +9,7 @@ ExportMismatchError listing every output that missed, and OUT_DIR keeps what it 
     OUT_DIR/student_fp16.onnx       --fp16: float16 inside, float32 inputs/outputs
     OUT_DIR/student_int8.onnx       --int8: symmetric per-channel Q/DQ
     OUT_DIR/*.plan (+ .plan.json)   --trt: TensorRT engines with their sidecars
+    OUT_DIR/student.pt2 (+ .pt2.json) --aoti: AOTInductor package of the student for --device (nerfgan.export.aoti)
     OUT_DIR/manifest.json           every artifact: sha256, precision, size, validation figures; the export config
 """
 
@@ -55,6 +56,8 @@ class ExportConfig:
     triton: str | None = None  # REPO_DIR for a Triton model repository
     triton_precision: str | None = None  # student precision served by Triton (default: the lowest exported)
     triton_backend: str | None = None  # 'onnxruntime', 'tensorrt' or 'python' (default: tensorrt with trt, else onnxruntime)
+    aoti: bool = False  # also compile student.pt2, an AOTInductor package (nerfgan.export.aoti)
+    aoti_device: str = "cpu"  # where the --aoti package is compiled and runs: 'cpu' or 'cuda'
     validate_batches: tuple[int, ...] = (1, 3)  # batch sizes of the validation feeds
     validate_seed: int = 1234  # seed of the validation samples
     fp32_atol: float = 1e-4  # max |onnx - pytorch| for float32 files
@@ -91,6 +94,10 @@ class ExportConfig:
             raise UsageError(f"--triton-backend {self.triton_backend}: given without --triton REPO_DIR")
         if self.triton_backend == "tensorrt" and not self.trt:
             raise UsageError("--triton-backend tensorrt: serves a TensorRT plan; add --trt to build it")
+        if self.aoti_device not in ("cpu", "cuda"):
+            raise UsageError(f"--device: choose cpu or cuda, got {self.aoti_device!r}")
+        if self.aoti_device != "cpu" and not self.aoti:
+            raise UsageError(f"--device {self.aoti_device}: sets where the --aoti package is compiled; add --aoti")
         wanted = {"fp16": self.fp16, "int8": self.int8, "fp32": True}
         if self.triton_precision and not wanted[self.triton_precision]:
             raise UsageError(f"--triton-precision {self.triton_precision}: that precision is not being exported")
@@ -104,7 +111,7 @@ class Artifact:
     file: str
     kind: str  # 'mapping' or 'student'
     precision: str
-    format: str  # 'onnx' or 'tensorrt'
+    format: str  # 'onnx', 'tensorrt' or 'pt2'
     checks: list[Any] = field(default_factory=list)  # validate.Check
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +130,10 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
 
         import_tensorrt()
         gpu_info()
+    if config.aoti:  # a cuda package without a GPU: say so before any work
+        from nerfgan.export.aoti import check_device
+
+        check_device(config.aoti_device)
     calib = None
     if config.int8:
         from nerfgan.calibrate.calibset import load_calibration_set
@@ -197,7 +208,7 @@ def _install(out: Path, stage: Path, artifacts: list[Artifact], manifest: dict[s
     that this one does not (nothing nerfgan did not list is touched). Readers hold the folder lock shared while they
     load, so they see the old set or the new one, never a mix; a kill part-way leaves files that do not match the
     manifest's sha256, which readers refuse by name until the next export completes."""
-    names = [n for a in artifacts for n in [a.file] + ([a.file + ".json"] if a.format == "tensorrt" else [])]
+    names = [n for a in artifacts for n in [a.file] + ([a.file + ".json"] if a.format in ("tensorrt", "pt2") else [])]
     old = _listed_files(out)
     mark_dir(stage, OWNER_KIND)
     with atomic_path(stage / S.MANIFEST) as tmp:
@@ -223,11 +234,14 @@ def _unchanged(path: Path, sha: str | None) -> bool:
     if sha is not None:
         return file_sha256(path) == sha
     from nerfgan.runtime.plan import EngineSidecar
+    from nerfgan.runtime.pt2_backend import Pt2Sidecar
 
     try:
         if path.stat().st_size > 1 << 20:
             return False
-        sidecar = EngineSidecar.from_json(path.read_text(encoding="utf-8"), str(path))
+        text = path.read_text(encoding="utf-8")
+        parse = Pt2Sidecar.from_json if path.name.endswith(".pt2.json") else EngineSidecar.from_json
+        sidecar = parse(text, str(path))
     except (OSError, ValueError, NerfganError):
         return False
     return sidecar.metadata.get(S.META_FORMAT) == S.FORMAT
@@ -244,7 +258,7 @@ def _listed_files(out: Path) -> dict[str, str | None]:
     for a in manifest.artifacts:
         if a.file not in (S.MANIFEST, OWNER_FILE):
             files[a.file] = a.sha256
-            if a.format == "tensorrt" and a.file.endswith(".plan"):
+            if (a.format, Path(a.file).suffix) in (("tensorrt", ".plan"), ("pt2", ".pt2")):
                 files[a.file + ".json"] = None  # its sidecar (removed only if it is one: _unchanged)
     return files
 
@@ -282,7 +296,32 @@ def _make_all(student: Any, sha: str, teacher: str | None, stage: Path, config: 
         artifacts.append(_int8(student, sha, teacher, stage, config, calib, judges, log))
     if config.trt:
         artifacts += _plans(student, stage, config, [a for a in artifacts if a.format == "onnx"], judges, log)
+    if config.aoti:
+        artifacts.append(_aoti(student, sha, teacher, stage, config, judges, log))
     return artifacts
+
+
+def _aoti(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig, judges: dict[str, Judge],
+          log: Callable[[str], None]) -> Artifact:
+    """student.pt2, compiled on config.aoti_device, run through the runtime's Pt2Backend on the feeds student.onnx
+    was judged on and held to the same FP32 gate (max |pt2 - pytorch| <= fp32_atol)."""
+    from nerfgan.export import validate as V
+    from nerfgan.export.aoti import compile_package
+    from nerfgan.export.to_onnx import artifact_metadata, specs_for
+    from nerfgan.runtime.pt2_backend import Pt2Backend
+
+    name = "student.pt2"
+    log(f"compiling {name} with AOTInductor on {config.aoti_device} (a minute or more: the C++ compiler)")
+    meta = artifact_metadata(student, "student", "fp32", sha, config.resolved_batch, teacher)
+    sidecar = compile_package(student, "student", stage / name, config.resolved_batch, config.aoti_device, meta)
+    runner = V.backend_runner(lambda: Pt2Backend(stage / name, device=config.aoti_device), specs_for(student)["student"],
+                              name)
+    a = Artifact(name, "student", "fp32", "pt2", judges["student.onnx"](runner, name),
+                 {"device": sidecar.device, "target": sidecar.target, "torch_version": sidecar.torch_version,
+                  "compile_seconds": sidecar.compile_seconds, "sidecar": name + ".json"})
+    log(f"compiled {name} in {sidecar.compile_seconds:.1f} s")
+    _log_checks(a.checks, log)
+    return a
 
 
 def _fp16(student: Any, sha: str, teacher: str | None, stage: Path, config: ExportConfig,

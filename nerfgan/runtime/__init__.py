@@ -8,8 +8,10 @@
 student ONNX file (mapping.onnx beside it is used for seeds), a TensorRT plan (student.plan with
 its sidecar; mapping.plan or mapping.onnx beside it), or a student checkpoint (.safetensors, run
 by PyTorch). ONNX files run in ONNX Runtime unless ``backend="openvino"`` asks for OpenVINO's CPU
-plugin (nerfgan.runtime.openvino_backend; never chosen silently). See nerfgan.runtime.generator for
-the contract and nerfgan.runtime.backends for the backends.
+plugin (nerfgan.runtime.openvino_backend; never chosen silently). ``backend="pt2"`` runs an export's
+AOTInductor package (student.pt2 from ``nerfgan-export --aoti``; a .pt2 path given directly runs it too)
+in PyTorch, with mapping.onnx in ONNX Runtime on the CPU for seeds (nerfgan.runtime.pt2_backend). See
+nerfgan.runtime.generator for the contract and nerfgan.runtime.backends for the backends.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from nerfgan.runtime.generator import Generator
 __all__ = ["Backend", "Generator", "Runtime", "load", "open_backend"]
 
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX file (load's ``backend``)
+RUNTIMES = ("onnxruntime", "openvino", "pt2")  # what runs the student (load's ``backend``)
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Which runtime runs ONNX files: 'onnxruntime' (the default) or 'openvino' (CPU), and OpenVINO's
-    inference precision for the student ('fp32', or 'bf16' behind its gate); a mapping always runs fp32."""
+    """Which runtime runs ONNX files: 'onnxruntime' (the default) or 'openvino' (CPU), or 'pt2' (the student's
+    AOTInductor package; its mapping runs in ONNX Runtime), and OpenVINO's inference precision for the student
+    ('fp32', or 'bf16' behind its gate); a mapping always runs fp32."""
 
     backend: str = "onnxruntime"
     openvino_precision: str | None = None
@@ -47,7 +50,13 @@ class Runtime:
             raise UsageError(f"openvino_precision: choose fp32 or bf16, got {self.openvino_precision!r}")
 
     def for_kind(self, kind: str) -> "Runtime":
-        return self if kind == "student" else Runtime(self.backend)
+        if kind == "student":
+            return self
+        return ONNXRUNTIME if self.backend == "pt2" else Runtime(self.backend)
+
+    def mapping_device(self, device: str) -> str:
+        """Where the mapping runs: beside a pt2 student, on the CPU (ONNX Runtime; one small MLP per seed)."""
+        return "cpu" if self.backend == "pt2" else device
 
 
 ONNXRUNTIME = Runtime()
@@ -77,6 +86,16 @@ def open_backend(path: str | os.PathLike[str], kind: str = "student", device: st
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix == ".pt2" or runtime.backend == "pt2":
+        if suffix != ".pt2":
+            raise UsageError(f"{p}: --backend pt2 runs AOTInductor packages (.pt2, from nerfgan-export --aoti), "
+                             f"not {suffix or 'this file'}")
+        if threads is not None:
+            raise UsageError("--threads sets ONNX Runtime's or OpenVINO's threads; a .pt2 package runs on torch's "
+                             "(set OMP_NUM_THREADS)")
+        from nerfgan.runtime.pt2_backend import Pt2Backend
+
+        return Pt2Backend(p, device=device, artifact=artifact, manifest=manifest)
     if runtime.backend == "openvino":
         if suffix != ".onnx":
             raise UsageError(f"{p}: --backend openvino runs ONNX files (.onnx), not {suffix or 'this file'}")
@@ -98,7 +117,8 @@ def open_backend(path: str | os.PathLike[str], kind: str = "student", device: st
         return TensorRTBackend(p)
     if suffix == ".safetensors":
         return TorchBackend(p, kind, device="cuda" if device == "cuda" else "cpu", precision=precision)
-    raise InputFileError(f"{p}: unknown model file type (expected an export folder, .onnx, .plan or .safetensors)")
+    raise InputFileError(f"{p}: unknown model file type (expected an export folder, .onnx, .plan, .pt2 or "
+                         ".safetensors)")
 
 
 def load(path: str | os.PathLike[str], precision: str | None = None, device: str = "auto",
@@ -111,7 +131,10 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
     TensorRT plan or a .safetensors). ``openvino_precision``: the student's inference precision under OpenVINO,
     'fp32' (the default, set explicitly: OpenVINO would pick bf16 on a CPU with bfloat16) or 'bf16' (refused when
     its image outputs are below BF16_MIN_PSNR, 30 dB, from ONNX Runtime's on a probe batch; see
-    nerfgan.runtime.openvino_backend).
+    nerfgan.runtime.openvino_backend). Or 'pt2': the export's AOTInductor package (student.pt2, ``nerfgan-export
+    --aoti``) run by PyTorch on the device it was compiled for (device 'auto' means that one; another is refused), its
+    mapping.onnx by ONNX Runtime on the CPU; a .pt2 file given directly always runs this way. ``threads`` does not
+    apply to a package (torch's threads: OMP_NUM_THREADS) and is refused with it.
 
     What is checked before a file is used (InputFileError naming the file, one line):
 
@@ -128,16 +151,28 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
     ONNX, one protobuf parse to find external data (0.12 s for 200 MB), before ONNX Runtime's own load.
     """
     p = Path(path)
+    if backend is None and p.suffix.lower() == ".pt2":
+        backend = "pt2"  # the file says what runs it
     via = Runtime(backend or "onnxruntime", openvino_precision)
-    # OpenVINO runs on the CPU: 'auto' is the CPU (open_backend refuses 'cuda' with it)
-    dev = "cpu" if via.backend == "openvino" and device == "auto" else _resolve_device(device)
+    if via.backend == "pt2" and threads is not None:
+        raise UsageError("--threads sets ONNX Runtime's or OpenVINO's threads; a .pt2 package runs on torch's "
+                         "(set OMP_NUM_THREADS)")
+    # OpenVINO runs on the CPU: 'auto' is the CPU (open_backend refuses 'cuda' with it); a .pt2 package runs where it
+    # was compiled: 'auto' is resolved from its sidecar
+    if via.backend == "pt2":
+        dev = device if device in DEVICES else _resolve_device(device)  # (an unknown name: UsageError)
+    else:
+        dev = "cpu" if via.backend == "openvino" and device == "auto" else _resolve_device(device)
     if p.is_dir():
         with folder_lock(p, shared=True, what="export folder"):
             return _load_export_dir(p, precision, dev, threads, via)
     if not p.is_file():
         what = "not a regular file" if p.exists() else "not found"
-        raise InputFileError(f"{p}: {what} (expected an export folder, .onnx, .plan or student .safetensors)")
-    if via.backend != "onnxruntime" and p.suffix.lower() != ".onnx":
+        raise InputFileError(f"{p}: {what} (expected an export folder, .onnx, .plan, .pt2 or student .safetensors)")
+    if via.backend == "pt2" and p.suffix.lower() != ".pt2":
+        raise UsageError(f"{p}: --backend pt2 runs AOTInductor packages (an export folder with student.pt2, or a "
+                         ".pt2 file)")
+    if via.backend == "openvino" and p.suffix.lower() != ".onnx":
         raise UsageError(f"{p}: --backend {via.backend} runs ONNX files (an export folder or a .onnx file)")
     if p.suffix.lower() == ".safetensors":
         import torch
@@ -151,8 +186,8 @@ def load(path: str | os.PathLike[str], precision: str | None = None, device: str
                          TorchBackend(p, "mapping", torch_dev, "fp32", model=model))
     if precision is not None:
         raise UsageError("--precision picks a file inside an export folder; a file path already names one")
-    if p.suffix.lower() not in (".onnx", ".plan", ".engine"):
-        raise InputFileError(f"{p}: unknown model file type (expected an export folder, .onnx, .plan or "
+    if p.suffix.lower() not in (".onnx", ".plan", ".engine", ".pt2"):
+        raise InputFileError(f"{p}: unknown model file type (expected an export folder, .onnx, .plan, .pt2 or "
                              ".safetensors)")
     if (p.parent / S.MANIFEST).exists():
         with folder_lock(p.parent, shared=True, what="export folder"):
@@ -170,7 +205,7 @@ def _load_file(p: Path, device: str, threads: int | None, via: Runtime = ONNXRUN
     try:
         for name in _mapping_names(p):
             if (p.parent / name).is_file():
-                mapping = open_backend(p.parent / name, "mapping", device, threads=threads,
+                mapping = open_backend(p.parent / name, "mapping", via.mapping_device(device), threads=threads,
                                        runtime=via.for_kind("mapping"))
                 ours, theirs = _checkpoint(student), _checkpoint(mapping)
                 if ours and ours == theirs:
@@ -211,15 +246,16 @@ def _load_export_dir(d: Path, precision: str | None, device: str, threads: int |
     manifest = S.read_export(d)
     arts = manifest.artifacts
     fmt = "tensorrt" if device == "cuda" and via.backend == "onnxruntime" and any(a.format == "tensorrt" for a in arts) \
-        else "onnx"
+        else "pt2" if via.backend == "pt2" else "onnx"
     prec = precision or "fp32"
     student = next((a for a in arts if a.kind == "student" and a.precision == prec and a.format == fmt), None)
     if student is None:
         have = sorted({f"{a.precision} ({a.format})" for a in arts if a.kind == "student"})
-        raise UsageError(f"{d}: no {prec} {fmt} student in this export (it has: {', '.join(have) or 'none'})")
+        hint = " (export it with nerfgan-export --aoti)" if fmt == "pt2" else ""
+        raise UsageError(f"{d}: no {prec} {fmt} student in this export (it has: {', '.join(have) or 'none'}){hint}")
     mapping = next((a for a in arts if a.kind == "mapping" and a.format == fmt), None) \
         or next((a for a in arts if a.kind == "mapping" and a.format in
-                 (("onnx",) if via.backend == "openvino" else ("onnx", "tensorrt"))), None)
+                 (("onnx",) if via.backend in ("openvino", "pt2") else ("onnx", "tensorrt"))), None)
     s = _open_listed(manifest, student, "student", device, threads, via)
     m = None
     try:
@@ -236,8 +272,8 @@ def _open_listed(manifest: S.Manifest, art: S.Artifact, kind: str, device: str, 
                  via: Runtime = ONNXRUNTIME) -> Backend:
     """A file the manifest lists, checked: contained in the folder, size and sha256, kind and checkpoint."""
     path = S.artifact_path(manifest, art)
-    b = open_backend(path, kind, device, threads=threads, artifact=art, manifest=manifest.path,
-                     runtime=via.for_kind(kind))
+    b = open_backend(path, kind, device if kind == "student" else via.mapping_device(device), threads=threads,
+                     artifact=art, manifest=manifest.path, runtime=via.for_kind(kind))
     try:
         if b.spec.kind != art.kind:
             raise InputFileError(f"{path}: is a {b.spec.kind} model, but {manifest.path} lists it as a {art.kind}")

@@ -138,7 +138,7 @@ class Plan:
     space: str | None  # interp: 'w' (lerp) or 'z' (slerp)
     steps: int | None
     batch: int
-    backend: str | None = None  # what runs ONNX files: None (ONNX Runtime) or 'openvino'
+    backend: str | None = None  # what runs the student: None (ONNX Runtime), 'openvino' or 'pt2' (AOTInductor package)
     openvino_precision: str | None = None  # OpenVINO's student precision: None ('fp32') or 'bf16'
 
     def to_json(self) -> str:
@@ -156,8 +156,15 @@ def make_plan(engine: str, precision: str | None, device: str, threads: int | No
         raise UsageError("--openvino-precision works with --backend openvino only")
     if backend == "openvino" and device == "cuda":
         raise UsageError("--backend openvino runs on the CPU: use --device cpu (or auto)")
-    if backend == "openvino" and Path(engine).suffix.lower() in (".plan", ".engine", ".safetensors"):
+    if backend == "openvino" and Path(engine).suffix.lower() in (".plan", ".engine", ".safetensors", ".pt2"):
         raise UsageError(f"--backend openvino runs ONNX files (an export folder or a .onnx file), not {engine}")
+    pt2 = backend == "pt2" or (backend is None and Path(engine).suffix.lower() == ".pt2")
+    if backend == "pt2" and Path(engine).suffix.lower() in (".onnx", ".plan", ".engine", ".safetensors"):
+        raise UsageError(f"--backend pt2 runs AOTInductor packages (an export folder with student.pt2, or a .pt2 "
+                         f"file), not {engine}")
+    if pt2 and threads is not None:
+        raise UsageError("--threads sets ONNX Runtime's or OpenVINO's threads; a .pt2 package runs on torch's "
+                         "(set OMP_NUM_THREADS)")
     if seed is not None and seeds_text is not None:
         raise UsageError("--seed and --seeds: give one of them")
     if orbit is not None and interp is not None:
@@ -253,7 +260,7 @@ def check_engine(path: str, precision: str | None) -> None:
                              ".onnx, .plan or student .safetensors)")
     elif precision is not None:
         raise UsageError("--precision picks a file inside an export folder; a file path already names one")
-    elif p.suffix.lower() in (".onnx", ".plan", ".engine") and (p.parent / MANIFEST).exists():
+    elif p.suffix.lower() in (".onnx", ".plan", ".engine", ".pt2") and (p.parent / MANIFEST).exists():
         manifest = read_export(p.parent)
         if manifest.find(p.name) is None:
             raise InputFileError(f"{p}: not listed in {manifest.path}: a leftover of an earlier export; use the "
@@ -416,16 +423,19 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 @click.command("nerfgan-run")
 @version_option("nerfgan-run")
 @click.option("--engine", required=True, help="An export folder (manifest.json), a student .onnx (mapping.onnx "
-              "beside it), a TensorRT student.plan, or a student .safetensors (runs PyTorch).")
+              "beside it), a TensorRT student.plan, an AOTInductor student.pt2 (nerfgan-export --aoti; runs "
+              "PyTorch), or a student .safetensors (runs PyTorch).")
 @click.option("--precision", type=_Choice("fp32", "fp16", "int8"), default=None, metavar="[fp32|fp16|int8]",
               help="Which student of an export folder (default fp32).")
 @click.option("--device", type=_Choice("auto", "cpu", "cuda"), default="auto", show_default=True,
               metavar="[auto|cpu|cuda]", help="Where to run.")
 @click.option("--threads", type=_Number(int, 1), default=None,
               help="ONNX Runtime (or OpenVINO) threads (default: all cores).")
-@click.option("--backend", type=_Choice("onnxruntime", "openvino"), default=None, metavar="[onnxruntime|openvino]",
-              help="What runs ONNX files: ONNX Runtime (default) or OpenVINO's CPU plugin (pip install "
-                   "'nerfgan[openvino]').")
+@click.option("--backend", type=_Choice("onnxruntime", "openvino", "pt2"), default=None,
+              metavar="[onnxruntime|openvino|pt2]",
+              help="What runs an export folder's student: ONNX Runtime (default), OpenVINO's CPU plugin (pip install "
+                   "'nerfgan[openvino]'), or pt2: its AOTInductor package student.pt2 (nerfgan-export --aoti) in "
+                   "PyTorch, on the device it was compiled for.")
 @click.option("--openvino-precision", type=_Choice("fp32", "bf16"), default=None, metavar="[fp32|bf16]",
               help="With --backend openvino: the student's inference precision (default fp32; bf16 is refused "
                    "below 30 dB from ONNX Runtime on a probe batch).")
@@ -473,6 +483,7 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, ba
       nerfgan-run --engine qs/export --interp 3,5 --steps 8 -o strip.png
       nerfgan-run --engine qs/export --precision int8 --seed 7 -o view.png --dry-run
       nerfgan-run --engine qs/export --backend openvino --seed 7 -o view.png
+      nerfgan-run --engine qs/export --backend pt2 --seed 7 -o view.png
     """
     plan = make_plan(engine, precision, device, threads, pose_text, seed, seeds_text, truncation, fov, output, grid,
                      cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch, backend, openvino_precision)
