@@ -10,13 +10,15 @@ takes the same lock, so it waits for a call in flight, and later calls raise Usa
 
 * OnnxBackend: ONNX Runtime, CPU or CUDA provider (IO binding on CUDA). Never imports torch. The file
   is read once by nerfgan (size and sha256 checked against the manifest when there is one, external
-  data locations checked) and those bytes are what ONNX Runtime loads.
+  data locations checked) and those bytes are what ONNX Runtime loads. CPU settings and the cache of the optimised
+  graph: nerfgan.runtime.ort_session.
 * TorchBackend: a student checkpoint run by PyTorch (CPU or CUDA, float32 or float16 on CUDA).
 * TensorRTBackend (nerfgan.runtime.tensorrt_backend): a plan with its sidecar.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nerfgan.errors import ConfigError, InputFileError, MissingDependencyError, TensorError, UsageError
+from nerfgan.errors import (ConfigError, InputFileError, MissingDependencyError, NerfganError, TensorError,
+                            UsageError)
 from nerfgan.runtime import spec as S
 
 if TYPE_CHECKING:
@@ -123,16 +126,34 @@ class OnnxBackend(Backend):
     ``artifact``: the file's manifest entry (size and sha256 checked against the bytes read; ``manifest`` names the
     manifest in messages). External data locations are checked by :func:`check_external_data` before ONNX Runtime
     sees the model, which then gets the very bytes checked (and the model's folder for its external data).
+
+    Session settings (nerfgan.runtime.ort_session): graph optimisation ``optimization`` ('all' by default; 'extended'
+    or 'basic'), intra-op threads ``threads`` or else the physical cores this process may use, one inter-op thread,
+    sequential execution. ``cache`` 'auto' (CPU only): the optimised graph of a file of a nerfgan export is cached
+    (beside the file when its folder is writable, else in the user cache; never for other files) and reused while
+    the source, ONNX Runtime, the level and the CPU are the same; 'off': never read or written. ``cache_state``
+    says what happened: 'off', 'unavailable' (not an export's file, nowhere to write, or the model has external
+    data), 'written' (first open), 'reused', or 'rebuilt' (a cache was there but stale or corrupt, and was
+    replaced); ``cache_path`` is the file.
     """
 
     def __init__(self, path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None,
-                 artifact: S.Artifact | None = None, manifest: Path | None = None) -> None:
+                 artifact: S.Artifact | None = None, manifest: Path | None = None, optimization: str = "all",
+                 cache: str = "auto") -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)") from None
+        from nerfgan.runtime import ort_session as OS
+
+        if cache not in OS.CACHE_MODES:
+            raise UsageError(f"cache {cache!r}: choose one of {', '.join(OS.CACHE_MODES)}")
+        if threads is not None and threads < 1:
+            raise UsageError(f"threads {threads}: give a positive number of intra-op threads (or none: physical cores)")
         p = Path(path)
-        data = read_onnx_checked(p, artifact, manifest)[0]  # the parse is dropped at once (the weights twice otherwise)
+        data, proto = read_onnx_checked(p, artifact, manifest)
+        external = any(t.data_location == 1 or len(t.external_data) for t in _tensors(proto))
+        del proto  # the parse is dropped at once (the weights twice otherwise)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -141,18 +162,45 @@ class OnnxBackend(Backend):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         elif device != "cpu":
             raise UsageError(f"device {device!r}: expected 'cpu' or 'cuda'")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
+        so = OS.session_options(ort, optimization, threads)
         # the model comes as bytes, so ONNX Runtime is told where its external data lives (the model's folder)
         so.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                     os.path.abspath(p.parent))
+        self.optimization = optimization
+        self.cache_state = "off"
+        self.cache_path: Path | None = None
+        session = None
+        tmp: Path | None = None
+        key: dict[str, str] = {}
+        if cache == "auto" and device == "cpu":
+            sha = artifact.sha256 if artifact is not None else hashlib.sha256(data).hexdigest()
+            key = OS.cache_key(sha, ort.__version__, optimization, providers[0])
+            self.cache_path = None if external else OS.cache_location(p, _in_export(p, artifact, sha), key)
+            self.cache_state = "unavailable"
+            if self.cache_path is not None:
+                session, self.cache_state = _open_cached(ort, self.cache_path, key, threads, providers)
+                if session is None:
+                    try:
+                        tmp = OS.temp_for(self.cache_path)
+                        so.optimized_model_filepath = str(tmp)
+                    except OSError:
+                        tmp, self.cache_state = None, "unavailable"
         try:
-            self._session = ort.InferenceSession(data, so, providers=providers)
-        except Exception as e:  # ORT raises its own exception types for files that are not ONNX models
-            raise InputFileError(f"{p}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+            if session is None:
+                try:
+                    session = ort.InferenceSession(data, so, providers=providers)
+                except Exception as e:  # ORT raises its own exception types for files that are not ONNX models
+                    raise InputFileError(f"{p}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
+                if tmp is not None and self.cache_path is not None:
+                    ok = OS.commit(tmp, self.cache_path, key)
+                    done = "rebuilt" if self.cache_state == "stale" else "written"
+                    self.cache_state = done if ok else "unavailable"
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
+        self._session = session
         del data
+        OS.log.debug("%s: onnxruntime cache %s (%s)", p, self.cache_state, self.cache_path)
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         spec = spec_from_metadata(metadata, p)
         got_in = [i.name for i in self._session.get_inputs()]
@@ -182,6 +230,41 @@ class OnnxBackend(Backend):
 
     def _release(self) -> None:
         self._session = None
+
+
+def _in_export(path: Path, artifact: S.Artifact | None, sha256: str) -> bool:
+    """Whether ``path`` is a file of a nerfgan export: given with its manifest entry, or listed with this sha256 in
+    the manifest.json beside it."""
+    if artifact is not None:
+        return True
+    if not (path.parent / S.MANIFEST).is_file():
+        return False
+    try:
+        art = S.read_export(path.parent).find(path.name)
+    except NerfganError:
+        return False
+    return art is not None and art.sha256 == sha256
+
+
+def _open_cached(ort: Any, cache: Path, key: dict[str, str], threads: int | None,
+                 providers: list[str]) -> tuple[Any, str]:
+    """(session, 'reused') from the cached graph at ``cache`` when it is the one ``key`` names and is intact (size,
+    sha256, the external data checks of read_onnx_checked, ONNX Runtime loads it); else (None, 'stale') when
+    something was there, (None, 'missing') when nothing was."""
+    from nerfgan.runtime import ort_session as OS
+
+    entry = OS.find(cache, key)
+    if entry is None:
+        return None, ("stale" if os.path.lexists(cache) or os.path.lexists(OS.sidecar(cache)) else "missing")
+    art = S.Artifact(cache.name, "onnxruntime-cache", "", "onnx", entry.sha256, entry.bytes)
+    try:
+        data = read_onnx_checked(cache, art, OS.sidecar(cache))[0]
+        so = OS.session_options(ort, "basic", threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised already
+        return ort.InferenceSession(data, so, providers=providers), "reused"
+    except Exception as e:  # InputFileError from the checks, ONNX Runtime's own types from the load
+        OS.log.info("%s: ignored (%s: %s); rebuilding it", cache, type(e).__name__, str(e)[:200])
+        return None, "stale"
 
 
 def parse_onnx(data: bytes, path: Path) -> onnx.ModelProto:
