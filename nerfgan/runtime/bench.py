@@ -35,6 +35,12 @@ says what runs each engine's ONNX files (default: ONNX Runtime). When one studen
 runtimes (e.g. ``--engine E --engine E --backend onnxruntime --backend openvino``), the output ends with one
 line per batch saying which is faster on this CPU, from images/s ('full', or 'from w' when either has no
 'full'); the JSON has them under "comparisons". Nothing about the defaults changes.
+
+Accuracy beside speed: every engine row carries ``psnr_vs_fp32``, the mean PSNR (dB, images clipped to [-1, 1])
+of the engine's final images against the FP32 student's on the same probe (w of seeds 0..3 at truncation 0.7,
+yaws -30, -10, 10, 30, pitch 0): the FP32 student is the export folder's ``student.onnx`` under ONNX Runtime
+(the folder of an engine file that has a manifest beside it), or the student file itself for a ``.safetensors``
+engine; 200 when the images are equal; None where there is no FP32 student to compare with.
 """
 
 from __future__ import annotations
@@ -151,7 +157,7 @@ def _row(model: str, path: str, backend: str, precision: str, batch: int, studen
     return {"model": model, "path": path, "backend": backend, "precision": precision, "batch": batch,
             "student": student, "status": "ok",
             "reason": None, "full": None, "from_w": None, "peak_mib": None, "base_mib": None, "memory": None,
-            "speedup": None, "speedup_from_w": None, "note": None}
+            "speedup": None, "speedup_from_w": None, "note": None, "psnr_vs_fp32": None}
 
 
 # --- the models ---------------------------------------------------------------------------------
@@ -197,16 +203,19 @@ def bench_teacher(teacher: str, batches: Sequence[int], device: str, runs: int, 
 
 
 def bench_engine(label: str, path: str, precision: str | None, batches: Sequence[int], device: str, runs: int,
-                 warmup: int, log: Callable[[str], None] = print, backend: str | None = None) -> list[dict[str, Any]]:
+                 warmup: int, log: Callable[[str], None] = print, backend: str | None = None,
+                 refs: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> list[dict[str, Any]]:
     """Rows of one engine ('full' and 'from w'), one per batch; 'n/a' rows above its max_batch. ``backend``: what
-    runs its ONNX files (nerfgan.runtime.load's)."""
+    runs its ONNX files (nerfgan.runtime.load's); ``refs``: the FP32 probe images met so far (psnr_vs_fp32)."""
     import nerfgan.runtime as nr
 
     rows = []
     with nr.load(path, precision=precision, device=device, backend=backend) as g:
         torch_cuda = g.backend.startswith("pytorch-cuda")
+        accuracy = psnr_vs_fp32(g, path, device, {} if refs is None else refs)
         for b in batches:
             row = _row(label, str(path), g.backend, g.precision, b, str(g.student.path.resolve()))
+            row["psnr_vs_fp32"] = accuracy
             rows.append(row)
             if g.student.max_batch is not None and b > g.student.max_batch:
                 row.update(status="n/a", reason=f"batch {b} > max_batch {g.student.max_batch} of {g.student.path.name}")
@@ -233,6 +242,51 @@ def bench_engine(label: str, path: str, precision: str | None, batches: Sequence
     return rows
 
 
+PROBE_SEEDS, PROBE_YAWS = (0, 1, 2, 3), (-30.0, -10.0, 10.0, 30.0)
+EXACT_DB = 200.0  # psnr_vs_fp32 of equal images (JSON has no inf)
+
+
+def fp32_reference(path: str | os.PathLike[str]) -> Path | None:
+    """What an engine's images are compared with (module docstring): an export folder, a student .safetensors, or
+    None."""
+    from nerfgan.runtime import spec as S
+
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.suffix.lower() == ".safetensors":
+        return p
+    if (p.parent / S.MANIFEST).is_file():
+        return p.parent
+    return None
+
+
+def probe_images(g: Any, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(w, final images) of the accuracy probe through Generator ``g``; ``w`` (4, w_dim) reuses a reference's codes."""
+    if w is None:
+        if g.mapping is not None:
+            w = np.concatenate([g.style(seed=s, truncation=TRUNCATION) for s in PROBE_SEEDS])
+        else:
+            w = np.random.RandomState(0).randn(len(PROBE_SEEDS), g.w_dim).astype(np.float32)
+    return w, g.generate(w=w, yaw=list(PROBE_YAWS))["image"]
+
+
+def psnr_vs_fp32(g: Any, path: str, device: str, refs: dict[Path, tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """Mean PSNR of engine ``g``'s probe images against its FP32 student's (``refs`` caches the references)."""
+    import nerfgan.runtime as nr
+    from nerfgan.metrics import psnr
+
+    ref = fp32_reference(path)
+    if ref is None:
+        return None
+    if ref not in refs:
+        with nr.load(ref, precision="fp32" if ref.is_dir() else None, device=device) as r:
+            refs[ref] = probe_images(r)
+    w, want = refs[ref]
+    got = probe_images(g, w)[1]
+    return float(np.mean(np.minimum(psnr(np.clip(got, -1, 1), np.clip(want, -1, 1)), EXACT_DB)))
+
+
 def per_engine(values: Sequence[str | None], n: int, option: str) -> list[str | None]:
     """A repeated option for ``n`` engines: none (None for each), one for all, or one per engine."""
     if len(values) not in (0, 1, n):
@@ -254,8 +308,8 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
     precs = per_engine(precisions, len(engines), "--precision")
     bends = per_engine(backends, len(engines), "--backend")
     for be in bends:
-        if be not in (None, "onnxruntime", "openvino"):
-            raise UsageError(f"--backend: choose onnxruntime or openvino, got {be!r}")
+        if be not in (None, "onnxruntime", "openvino", "pt2"):
+            raise UsageError(f"--backend: choose onnxruntime, openvino or pt2, got {be!r}")
     if "openvino" in bends:
         from nerfgan.runtime.openvino_backend import import_openvino
 
@@ -272,8 +326,9 @@ def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | N
     checks = check_teachers(teacher, engines, precs, device, allow_other_teacher, log, bends)
     rows = bench_teacher(teacher, batches, tdev, runs, warmup, log)
     teacher_ips = {r["batch"]: r["full"]["img_s"] for r in rows}
+    refs: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     for k, (path, prec, be) in enumerate(zip(engines, precs, bends)):
-        for r in bench_engine(f"engine {k + 1}", path, prec, batches, device, runs, warmup, log, be):
+        for r in bench_engine(f"engine {k + 1}", path, prec, batches, device, runs, warmup, log, be, refs):
             if r["full"] is not None:
                 r["speedup"] = r["full"]["img_s"] / teacher_ips[r["batch"]]
             if r["from_w"] is not None:
@@ -360,7 +415,8 @@ def _machine(torch_device: str) -> dict[str, Any]:
 
 def table_text(result: dict[str, Any]) -> str:
     """The result as an aligned table (one line per model and batch)."""
-    head = ("model", "backend", "batch", "img/s", "p50 ms", "p90 ms", "img/s from w", "peak MiB", "x teacher")
+    head = ("model", "backend", "batch", "img/s", "p50 ms", "p90 ms", "img/s from w", "peak MiB", "x teacher",
+            "PSNR vs FP32")
     lines = [head]
 
     def f(x: float | None, spec: str) -> str:
@@ -368,7 +424,7 @@ def table_text(result: dict[str, Any]) -> str:
 
     for r in result["rows"]:
         if r["status"] != "ok":
-            lines.append((r["model"], r["backend"], str(r["batch"]), f"n/a: {r['reason']}", "", "", "", "", ""))
+            lines.append((r["model"], r["backend"], str(r["batch"]), f"n/a: {r['reason']}", "", "", "", "", "", ""))
             continue
         full, fw = r["full"] or {}, r["from_w"] or {}
         mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} ({r['memory']})"
@@ -377,7 +433,7 @@ def table_text(result: dict[str, Any]) -> str:
             sp = f"{r['speedup_from_w']:.2f} (from w)"
         lines.append((r["model"], r["backend"], str(r["batch"]), f(full.get("img_s"), ".2f"), f(full.get("p50_ms"), ".1f"),
                       f(full.get("p90_ms"), ".1f"), f(fw.get("img_s"), ".2f") if r["model"] != "teacher" else "",
-                      mem, sp))
+                      mem, sp, _db(r.get("psnr_vs_fp32")) if r["model"] != "teacher" else ""))
     widths = [max(len(line[i]) for line in lines if not line[3].startswith("n/a:") or i < 3) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -390,9 +446,14 @@ def table_text(result: dict[str, Any]) -> str:
         out.append(f"{c['faster']} is {c['ratio']:.2f}x faster than {c['slower']} for {Path(c['file']).name} "
                    f"on this CPU (batch {c['batch']}, {how})")
     s = result["settings"]
+    out.append("PSNR vs FP32: the engine's images against its FP32 student's on a fixed probe (seeds 0-3, yaw -30..30)")
     out.append(f"median of {s['runs']} runs after {s['warmup']} warm-up(s); img/s and x teacher from 'full' "
                "(seeds -> images); peak memory: see nerfgan.runtime.bench")
     return "\n".join(out)
+
+
+def _db(x: float | None) -> str:
+    return "n/a" if x is None else ("exact" if x >= EXACT_DB else f"{x:.1f} dB")
 
 
 @click.command("bench", short_help="Time the teacher and exported engines side by side.")
@@ -401,8 +462,9 @@ def table_text(result: dict[str, Any]) -> str:
               help="Export folder, student .onnx / .plan or .safetensors; repeat for several engines.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Student precision inside an export folder: once for all engines, or once per engine.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino"]),
-              help="What runs the ONNX files (default onnxruntime): once for all engines, or once per engine.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino", "pt2"]),
+              help="What runs the student (default onnxruntime; pt2: the export's AOTInductor package): once for all "
+                   "engines, or once per engine.")
 @click.option("--batch", "batch_text", default="1,4,16", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True, help="Where to run.")
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed calls per figure (the median is reported).")

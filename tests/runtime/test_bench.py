@@ -107,3 +107,29 @@ def test_peak_memory_sees_an_allocation():
     block.close()
     assert mem.kind in ("rss", "rss-monotone") and mem.base_mib is not None
     assert peak >= mem.base_mib + 60 or mem.kind == "rss-monotone"
+
+
+def test_each_engine_row_says_how_far_its_images_are_from_the_fp32_student(export_dir, tmp_path, capsys):
+    """FP32 against itself is exact; INT8 is a finite PSNR (the untrained student's ~28 dB), the same whether the
+    folder or its file is named; a loose engine file with no export beside it has nothing to compare with."""
+    code, out, err = run(["--teacher", "tiny", "--engine", export_dir, "--engine", export_dir,
+                          "--precision", "fp32", "--precision", "int8",
+                          "--batch", "1", "--runs", 1, "--warmup", 0, "--device", "cpu", "-o", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    rows = {r["model"]: r for r in json.loads((tmp_path / "a.json").read_text())["rows"]}
+    assert rows["teacher"]["psnr_vs_fp32"] is None
+    assert rows["engine 1"]["psnr_vs_fp32"] == 200.0  # EXACT_DB: the FP32 student is its own reference
+    int8 = rows["engine 2"]["psnr_vs_fp32"]
+    assert 20.0 < int8 < 60.0, int8
+    assert "PSNR vs FP32" in out and f"{int8:.1f} dB" in out and "exact" in out
+
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(export_dir / "student_int8.onnx", loose / "student_int8.onnx")
+    code, out, err = run(["--teacher", "tiny", "--engine", export_dir / "student_int8.onnx",
+                          "--engine", loose / "student_int8.onnx",
+                          "--batch", "1", "--runs", 1, "--warmup", 0, "--device", "cpu", "-o", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    rows = {r["model"]: r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    assert rows["engine 1"]["psnr_vs_fp32"] == pytest.approx(int8, abs=1e-6)  # the folder's FP32 student again
+    assert rows["engine 2"]["psnr_vs_fp32"] is None
