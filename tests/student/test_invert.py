@@ -15,7 +15,7 @@ from nerfgan.student.checkpoint import load_student
 from nerfgan.student.invert import (
     InversionSettings, camera_for, code_scale, invert, load_photo, render_code, start_code,
 )
-from tests.conftest import invoke
+from conftest import invoke
 
 SELF_FIT_STEPS = 20
 SELF_FIT_MIN_GAIN_DB = 10.0
