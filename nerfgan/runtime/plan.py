@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from nerfgan.errors import InputFileError, MissingDependencyError, NerfganError
+from nerfgan.runtime import spec as S
 
 INSTALL_HINT = "install the extra: pip install 'nerfgan[tensorrt]' (on a machine with an NVIDIA GPU and driver)"
 
@@ -111,18 +112,14 @@ class EngineSidecar:
             raise InputFileError(f"{source}: malformed engine sidecar ({e})") from None
 
 
-def sidecar_path(plan_path: str | os.PathLike[str]) -> Path:
-    """The sidecar of a plan: ``student.plan`` -> ``student.plan.json``."""
-    p = Path(plan_path)
-    return p.with_name(p.name + ".json")
+sidecar_path = S.sidecar_path  # student.plan -> student.plan.json
 
 
 def read_sidecar(plan_path: str | os.PathLike[str]) -> EngineSidecar:
-    """Read the sidecar of ``plan_path``; InputFileError naming the plan if it is missing or malformed."""
-    path = sidecar_path(plan_path)
-    if not path.is_file():
-        raise InputFileError(f"{plan_path}: no sidecar {path.name} beside the plan; rebuild it with nerfgan")
-    return EngineSidecar.from_json(path.read_text(encoding="utf-8"), source=str(path))
+    """Read the sidecar of ``plan_path`` (contained in its folder, at most S.SIDECAR_MAX_BYTES); InputFileError
+    naming the plan if it is missing, too large or malformed."""
+    text = S.read_sidecar_text(Path(plan_path), "engine sidecar", "rebuild the plan with nerfgan")
+    return EngineSidecar.from_json(text, source=str(sidecar_path(plan_path)))
 
 
 def check_sidecar(sidecar: EngineSidecar, tensorrt_version: str, gpu_name: str, compute_capability: str,

@@ -44,7 +44,7 @@ from nerfgan.errors import InputFileError, MissingDependencyError, UsageError
 from nerfgan.runtime import spec as S
 from nerfgan.runtime.backends import Backend, spec_from_metadata
 
-SIDECAR_MAX_BYTES = 1 << 20  # a sidecar is a few kB (the config JSON); a larger file is not read
+SIDECAR_MAX_BYTES = S.SIDECAR_MAX_BYTES  # a sidecar is a few kB (the config JSON); a larger file is not read
 PT2_MAX_BYTES = 8 << 30  # a package holds the weights: the 512 px student is a few hundred MB
 DEVICES = ("cpu", "cuda")
 PT2_FORMAT = "pt2"  # the manifest's ``format`` of a package
@@ -100,31 +100,13 @@ class Pt2Sidecar:
                    compile_seconds=float(d["compile_seconds"]), metadata=dict(meta))
 
 
-def sidecar_path(package: str | os.PathLike[str]) -> Path:
-    """The sidecar of a package: ``student.pt2`` -> ``student.pt2.json``."""
-    p = Path(package)
-    return p.with_name(p.name + ".json")
+sidecar_path = S.sidecar_path  # student.pt2 -> student.pt2.json
 
 
 def read_sidecar(package: Path) -> Pt2Sidecar:
     """The sidecar beside ``package``, contained in its folder and read only up to SIDECAR_MAX_BYTES."""
-    path = sidecar_path(package)
-    if not os.path.lexists(path):
-        raise InputFileError(f"{package}: no sidecar {path.name} beside the package; export it again with "
-                             "nerfgan-export --aoti")
-    S.contained(package.parent, path, "package sidecar")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(SIDECAR_MAX_BYTES + 1)
-    except OSError as e:
-        raise InputFileError(f"{path}: unreadable ({e.strerror})") from None
-    if len(raw) > SIDECAR_MAX_BYTES:
-        raise InputFileError(f"{path}: larger than {SIDECAR_MAX_BYTES >> 10} kB, not a nerfgan package sidecar")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputFileError(f"{path}: malformed package sidecar (not UTF-8 text)") from None
-    return Pt2Sidecar.from_json(text, str(path))
+    text = S.read_sidecar_text(package, "package sidecar", "export it again with nerfgan-export --aoti")
+    return Pt2Sidecar.from_json(text, str(sidecar_path(package)))
 
 
 def import_torch() -> Any:

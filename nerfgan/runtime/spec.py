@@ -247,6 +247,36 @@ def plain_name_problem(name: str) -> str | None:
     return None
 
 
+SIDECAR_MAX_BYTES = 1 << 20  # a sidecar (TensorRT plan, AOTInductor package) is a few kB; a larger file is not read
+
+
+def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar of a binary artifact: ``student.plan`` -> ``student.plan.json``, ``student.pt2`` ->
+    ``student.pt2.json``."""
+    p = Path(artifact)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar_text(artifact: Path, what: str, missing: str) -> str:
+    """The text of ``artifact``'s sidecar: contained in its folder, read only up to SIDECAR_MAX_BYTES, UTF-8.
+    InputFileError in one line otherwise; ``missing`` ends the message when there is no sidecar."""
+    path = sidecar_path(artifact)
+    if not os.path.lexists(path):
+        raise InputFileError(f"{artifact}: no sidecar {path.name} beside it; {missing}")
+    contained(artifact.parent, path, what)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SIDECAR_MAX_BYTES + 1)
+    except OSError as e:
+        raise InputFileError(f"{path}: unreadable ({e.strerror})") from None
+    if len(raw) > SIDECAR_MAX_BYTES:
+        raise InputFileError(f"{path}: larger than {SIDECAR_MAX_BYTES >> 10} kB, not a nerfgan {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path}: malformed {what} (not UTF-8 text)") from None
+
+
 def contained(folder: Path, path: Path, what: str) -> Path:
     """``path`` (inside ``folder`` by name) as a regular file whose real location is inside ``folder`` too: a symlink
     may point elsewhere in the folder, never outside it. InputFileError naming ``path`` and ``what`` otherwise."""

@@ -351,6 +351,9 @@ def test_plan_and_sidecar_round_trip(monkeypatch: pytest.MonkeyPatch, onnx_file:
 def test_malformed_or_missing_sidecar(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no sidecar student.plan.json"):
         T.read_sidecar(tmp_path / "student.plan")
+    (tmp_path / "student.plan.json").write_text(" " * ((1 << 20) + 1))  # read no further than SIDECAR_MAX_BYTES
+    with pytest.raises(InputFileError, match="larger than 1024 kB, not a nerfgan engine sidecar"):
+        T.read_sidecar(tmp_path / "student.plan")
     with pytest.raises(InputFileError, match="malformed engine sidecar"):
         T.EngineSidecar.from_json('{"batch": [1, 2]}', source="x.plan.json")
 
