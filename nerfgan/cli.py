@@ -156,7 +156,8 @@ def teacher_import(checkpoint: str, output: str, which: str, dry_run: bool) -> N
 @click.option("--fov", type=click.FloatRange(1.0, 120.0), default=None,
               help="Diagonal field of view in degrees (default: focal 4.2647, about 18.8 degrees).")
 @out_option("output", "Image to write (.png).", required=True, type=click.Path(dir_okay=False))
-@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth map (.png, near = bright).")
+@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth (.png at the image's size: a colour scale with its range in world units, "
+                   "empty pixels as a grey checker).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved cameras and config, render nothing.")
 @DEVICE
 def teacher_render(teacher_path: str, seed: int, pose_text: str, truncation: float, fov: float | None, output: str,
@@ -169,7 +170,8 @@ def teacher_render(teacher_path: str, seed: int, pose_text: str, truncation: flo
       nerfgan teacher render --teacher qs/teacher.safetensors --seed 7 -o view.png --depth depth.png
     """
     from nerfgan import camera
-    from nerfgan.io import depth_to_uint8, save_png, to_uint8
+    from nerfgan.depth_picture import depth_picture
+    from nerfgan.io import save_png, to_uint8
     from nerfgan.teacher.checkpoint import load_teacher
     from nerfgan.teacher.views import cameras_for, render_view
 
@@ -190,8 +192,11 @@ def teacher_render(teacher_path: str, seed: int, pose_text: str, truncation: flo
     save_png(output, to_uint8(out.image[0].cpu().numpy()))
     click.echo(f"wrote {output} ({out.image.shape[-1]}x{out.image.shape[-2]})")
     if depth:
-        save_png(depth, depth_to_uint8(out.image_depth[0].cpu().numpy()))
-        click.echo(f"wrote {depth} ({out.image_depth.shape[-1]}x{out.image_depth.shape[-2]})")
+        assert out.image_mask is not None  # synthesis always sets it
+        res = out.image.shape[-1]
+        save_png(depth, depth_picture(out.image_depth[0].cpu().numpy(), out.image_mask[0].cpu().numpy(), size=res))
+        click.echo(f"wrote {depth} (depth rendered at {out.image_depth.shape[-1]} px, shown at {res} px, "
+                   "with its scale in world units)")
 
 
 @teacher.command("renders", short_help="Render N teacher samples into a sharded render set.")

@@ -300,14 +300,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, -1)
 
 
-def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
-    """Depth (H, W) or (1, H, W) -> uint8 (H, W), near = bright, normalised to the image's own range."""
-    d = np.asarray(depth, dtype=np.float64).reshape(np.shape(depth)[-2:])
-    lo, hi = float(np.min(d)), float(np.max(d))
-    scaled = (hi - d) / (hi - lo) if hi > lo else np.zeros_like(d)
-    return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-
-
 def save_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     """Write a uint8 image (H, W), (H, W, 3) or (H, W, 4) to ``path`` atomically."""
     from PIL import Image
