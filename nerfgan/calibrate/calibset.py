@@ -157,10 +157,13 @@ def load_calibration_set(path: str | os.PathLike[str]) -> CalibrationSet:
     with CheckedNpz(p, "calibration file") as z:
         if "meta" not in z.names:
             raise InputFileError(f"{p}: no calibration metadata (write it with `nerfgan calibrate`)")
+        from nerfgan.jsonfile import loads
+
         try:
-            meta = json.loads(z.read_text("meta", limits.MAX_NPZ_META_BYTES))
-        except (ValueError, RecursionError):
-            raise InputFileError(f"{p}: calibration metadata is not JSON (write it with `nerfgan calibrate`)") from None
+            meta = loads(z.read_text("meta", limits.MAX_NPZ_META_BYTES), f"{p}: meta", "calibration metadata", 1 << 16)
+        except InputFileError as e:
+            raise InputFileError(f"{p}: calibration metadata is not JSON (write it with `nerfgan calibrate`): "
+                                 f"{str(e).removeprefix(f'{p}: meta: ')[:160]}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise InputFileError(f"{p}: not a nerfgan calibration file (format {found!r})")

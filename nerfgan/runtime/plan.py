@@ -101,7 +101,9 @@ class EngineSidecar:
     @classmethod
     def from_json(cls, text: str, source: str = "engine sidecar") -> EngineSidecar:
         try:
-            d: dict[str, Any] = json.loads(text)
+            from nerfgan.jsonfile import loads
+
+            d: dict[str, Any] = loads(text, source, "engine sidecar", 1 << 16)
             batch = tuple(int(b) for b in d["batch"])
             if len(batch) != 3 or not isinstance(d["strongly_typed"], bool):
                 raise ValueError("batch must be [min, opt, max] and strongly_typed a boolean")

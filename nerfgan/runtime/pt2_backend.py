@@ -72,10 +72,9 @@ class Pt2Sidecar:
     @classmethod
     def from_json(cls, text: str, source: str = "package sidecar") -> Pt2Sidecar:
         """Parse and check a sidecar; InputFileError naming ``source`` and the field at fault."""
-        try:
-            d: Any = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise InputFileError(f"{source}: malformed package sidecar (not JSON: {str(e)[:120]})") from None
+        from nerfgan.jsonfile import loads
+
+        d: Any = loads(text, source, "package sidecar", 1 << 16)
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(d, dict) or sorted(d) != sorted(names):
             got = sorted(d) if isinstance(d, dict) else type(d).__name__

@@ -148,6 +148,7 @@ def student_spec(w_dim: int, resolution: int, img_resolution: int) -> ModelSpec:
 
 
 MANIFEST_MAX_BYTES = 16 << 20  # a manifest is a few kB; a larger file is not one and is not read
+MANIFEST_MAX_VALUES = 1 << 20  # JSON values (nerfgan.jsonfile): a manifest has a few hundred
 ONNX_MAX_BYTES = 2 << 30  # protobuf's limit: larger weights live in external data files
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -186,18 +187,16 @@ def read_export(export_dir: str | os.PathLike[str]) -> Manifest:
     """The checked manifest of an export folder. InputFileError naming the file when the folder is not an export,
     or the manifest is not JSON, lacks a key, has a value of the wrong type, or lists a file that is not a plain name
     (no '/', no '..', not absolute)."""
+    from nerfgan.jsonfile import read_json
+
     d = Path(export_dir)
     path = d / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputFileError(f"{d}: no {MANIFEST} (not an export folder; run nerfgan-export -o {d})")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MANIFEST_MAX_BYTES + 1)
-        if len(raw) > MANIFEST_MAX_BYTES:
-            raise InputFileError(f"{path}: larger than {MANIFEST_MAX_BYTES >> 20} MiB, not a nerfgan export manifest")
-        m = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InputFileError(f"{path}: unreadable manifest ({str(e)[:200]})") from None
+        m = read_json(path, "nerfgan export manifest", MANIFEST_MAX_BYTES, MANIFEST_MAX_VALUES)
+    except InputFileError as e:
+        raise InputFileError(f"{path}: unreadable manifest ({str(e).removeprefix(f'{path}: ')[:200]})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
         raise InputFileError(f"{path}: not a nerfgan export manifest")
 
@@ -226,6 +225,8 @@ def read_export(export_dir: str | os.PathLike[str]) -> Manifest:
         reason = plain_name_problem(a["file"])
         if reason:
             raise bad(f"{where}.file {a['file'][:80]!r} {reason}")
+        if any(x.file == a["file"] for x in arts):
+            raise bad(f"{where}.file {a['file'][:80]!r} is listed twice")
         arts.append(Artifact(a["file"], a["kind"], a["precision"], a["format"], a["sha256"], size))
     return Manifest(path, ckpt["sha256"], tuple(arts), m)
 

@@ -72,8 +72,12 @@ class StudentConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "student config") -> "StudentConfig":
+        from nerfgan.jsonfile import loads
+        from nerfgan.teacher.config import CONFIG_MAX_VALUES
+
+        parsed = loads(text, source, "student config", CONFIG_MAX_VALUES, error=ConfigError)
         try:
-            d: dict[str, Any] = json.loads(text)
+            d: dict[str, Any] = parsed  # (not an object: AttributeError below)
             teacher_json = json.dumps(d.pop("teacher"))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ConfigError(f"{source}: student config JSON is malformed ({type(e).__name__}: {e})") from None

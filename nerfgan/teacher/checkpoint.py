@@ -116,6 +116,36 @@ def _sort_metadata(path: Path) -> None:
         f.write(canon + b" " * (n - len(canon)))
 
 
+SAFETENSORS_MAX_HEADER_BYTES = 16 << 20
+"""A safetensors header (tensor names, shapes, offsets, metadata) larger than this is refused before it is parsed; a
+teacher's is about 100 kB, a training state's a few hundred kB."""
+SAFETENSORS_MAX_HEADER_VALUES = 1 << 20  # JSON values in the header (nerfgan.jsonfile.count_values)
+
+
+def check_safetensors_header(p: Path) -> None:
+    """Bound the header of the safetensors file ``p`` before safetensors parses it: its 8-byte length within
+    SAFETENSORS_MAX_HEADER_BYTES and the file, and at most SAFETENSORS_MAX_HEADER_VALUES JSON values in it (a
+    metadata value is itself counted: configs in it are JSON too). CheckpointError naming the file otherwise."""
+    from nerfgan.jsonfile import count_values
+
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(SAFETENSORS_MAX_HEADER_BYTES, size - 8):
+                why = "shorter than a header" if n < 2 else (
+                    f"declares a {n:,}-byte header, more than the {SAFETENSORS_MAX_HEADER_BYTES:,} allowed"
+                    if n > SAFETENSORS_MAX_HEADER_BYTES else f"declares a {n:,}-byte header beyond its end")
+                raise CheckpointError(f"{p}: not a readable safetensors file ({why})")
+            text = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{p}: unreadable ({e.strerror})") from None
+    if count_values(text) > SAFETENSORS_MAX_HEADER_VALUES:
+        raise CheckpointError(f"{p}: its safetensors header holds more than {SAFETENSORS_MAX_HEADER_VALUES:,} JSON "
+                              "values; not read")
+
+
 def read_safetensors(
     path: str | os.PathLike[str], what: str, with_tensors: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -126,6 +156,7 @@ def read_safetensors(
     from safetensors import safe_open
 
     p = existing_file(path, what)
+    check_safetensors_header(p)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -141,6 +172,7 @@ def read_safetensors_header(path: str | os.PathLike[str], what: str
     from safetensors import safe_open
 
     p = existing_file(path, what)
+    check_safetensors_header(p)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})

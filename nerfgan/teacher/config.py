@@ -26,6 +26,7 @@ SUPERRESOLUTION_MODULES = {
 }
 # (output resolution each module asserts)
 SUPERRESOLUTION_OUTPUT = {"2X": 128, "4X": 256, "8X": 512, "8XDC": 512}
+CONFIG_MAX_VALUES = 1 << 14  # JSON values of a config (nerfgan.jsonfile); upstream's kwargs have about a hundred
 
 
 
@@ -241,8 +242,11 @@ class TeacherConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "TeacherConfig":
+        """Parse and check a config (bounded: nerfgan.jsonfile, CONFIG_MAX_VALUES); ConfigError naming ``source``."""
+        from nerfgan.jsonfile import loads
+
+        d = loads(text, source, "teacher config", CONFIG_MAX_VALUES, error=ConfigError)
         try:
-            d = json.loads(text)
             return cls.from_upstream(d["upstream_init_kwargs"], d["neural_rendering_resolution"], source=source)
         except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
             raise ConfigError(f"{source}: teacher config JSON is malformed ({type(e).__name__}: {e})") from None

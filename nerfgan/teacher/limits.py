@@ -59,6 +59,7 @@ MAX_NPZ_META_BYTES = 1 << 20
 """The JSON ``meta`` member of a calibration set (1 MiB); nerfgan writes about 3 KB."""
 
 MAX_INDEX_BYTES = 64 << 20
+MAX_INDEX_VALUES = 1 << 20  # JSON values of a render set index (nerfgan.jsonfile), counted before it is parsed
 """A render set's index.json, refused before it is parsed (64 MiB; about 150 bytes per shard)."""
 
 

@@ -311,15 +311,12 @@ def _render(plan: RenderPlan, teacher_path: str | os.PathLike[str], n: int, seed
 
 # ---------------------------------------------------------------------------------------------
 def _read_index(directory: Path) -> dict[str, Any]:
+    from nerfgan.jsonfile import read_json
+
     path = directory / INDEX
     existing_file(path, "render set index")
-    if path.stat().st_size > limits.MAX_INDEX_BYTES:
-        raise InputFileError(f"{path}: larger than {limits.MAX_INDEX_BYTES >> 20} MiB (MAX_INDEX_BYTES); "
-                             "not a render set index")
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise InputFileError(f"{path}: unreadable render set index ({e})") from None
+    # (a shard entry is about 10 values: MAX_INDEX_VALUES allows some 100,000 shards, millions of samples)
+    index = read_json(path, "render set index", limits.MAX_INDEX_BYTES, limits.MAX_INDEX_VALUES)
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         found = index.get("format") if isinstance(index, dict) else None
         raise InputFileError(f"{path}: not a nerfgan render set index (format {found!r}, expected {FORMAT!r})")
