@@ -205,24 +205,80 @@ def claim_dir(path: str | os.PathLike[str], kind: str, option: str, recognise: C
                      f"for the same purpose ({kind}) - nothing was changed")
 
 
-def owner_kind(path: str | os.PathLike[str]) -> str | None:
-    """The ``kind`` recorded in ``path``'s OWNER_FILE, or None when there is none (or it is not ours)."""
+OWNER_MAX_BYTES = 1 << 20  # an owner file is a line, or (with its record of files) a few kB
+
+
+def owner_record(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """``path``'s OWNER_FILE as a dict with a string ``kind``, or None when there is none (or it is not ours)."""
+    from nerfgan.jsonfile import read_json
+
     f = Path(path) / OWNER_FILE
+    if f.is_symlink() or not f.is_file():
+        return None
     try:
-        if f.is_symlink() or not f.is_file() or f.stat().st_size > 4096:
-            return None
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(f, "nerfgan owner file", OWNER_MAX_BYTES, 1 << 14)
+    except InputFileError:
         return None
     if isinstance(data, dict) and data.get("format") == "nerfgan-owner" and isinstance(data.get("kind"), str):
-        return str(data["kind"])
+        return data
     return None
 
 
-def mark_dir(path: str | os.PathLike[str], kind: str) -> None:
-    """Write ``path``'s OWNER_FILE saying nerfgan made it for ``kind`` (atomically)."""
+def owner_kind(path: str | os.PathLike[str]) -> str | None:
+    """The ``kind`` recorded in ``path``'s OWNER_FILE, or None when there is none (or it is not ours)."""
+    record = owner_record(path)
+    return None if record is None else str(record["kind"])
+
+
+def mark_dir(path: str | os.PathLike[str], kind: str, files: dict[str, str] | None = None) -> None:
+    """Write ``path``'s OWNER_FILE saying nerfgan made it for ``kind`` (atomically); ``files``: the relative path ->
+    sha256 of every file nerfgan wrote there, the record :func:`may_replace` judges a later write by."""
+    record: dict[str, object] = {"format": "nerfgan-owner", "kind": kind}
+    if files is not None:
+        record["files"] = dict(sorted(files.items()))
     with atomic_path(Path(path) / OWNER_FILE) as tmp:
-        tmp.write_text(json.dumps({"format": "nerfgan-owner", "kind": kind}) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+# --- what a writer may replace ------------------------------------------------------------------------------------
+def may_replace(path: str | os.PathLike[str], recorded: dict[str, str | None], name: str | None = None,
+                ours: Callable[[Path], bool] | None = None) -> bool:
+    """THE rule every nerfgan writer follows before it replaces or removes a file in a folder it owns.
+
+    ``recorded`` is the folder's record of what nerfgan wrote there (an export's manifest, a repository's owner
+    file): name -> sha256. A file may be replaced or removed only when it is missing, or when the record lists it
+    (``name``, default the file's name) and it is still a plain file (no link) with the sha256 recorded. An entry
+    recorded without a sha256 (None: a plan's sidecar) qualifies when ``ours(path)`` recognises it as nerfgan's.
+    A file the record does not list, or one changed since (the user's), is never touched.
+    """
+    p = Path(path)
+    if not os.path.lexists(p):
+        return True
+    key = p.name if name is None else name
+    if key not in recorded or p.is_symlink() or not p.is_file():
+        return False
+    sha = recorded[key]
+    if sha is None:
+        return ours is not None and ours(p)
+    try:
+        return file_sha256(p) == sha
+    except OSError:
+        return False
+
+
+def check_may_replace(folder: str | os.PathLike[str], names: list[str],
+                      recorded: dict[str, str | None] | list[dict[str, str | None]], option: str,
+                      ours: Callable[[Path], bool] | None = None) -> None:
+    """OutputError naming ``option``, the folder and every file of ``names`` (relative to ``folder``) that
+    :func:`may_replace` refuses under each of the ``recorded`` records; nothing is touched."""
+    d = Path(folder)
+    records = recorded if isinstance(recorded, list) else [recorded]
+    refused = [n for n in names if not any(may_replace(d / n, r, n, ours) for r in records)]
+    if refused:
+        shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
+        raise OutputError(f"{option} {d}: would replace {shown}, which nerfgan did not write there or which changed "
+                          "since (not in its record with this sha256); move it away or give another folder - "
+                          "nothing was changed")
 
 
 LOCK_FILE = ".nerfgan.lock"
@@ -313,3 +369,27 @@ def save_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     with atomic_path(p) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
     return p
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_rgb8(im: object, source: str) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3) RGB, the one conversion every image nerfgan reads goes through.
+
+    Pillow's own ``convert("RGB")`` clips a 16-bit grey image (mode I;16, as Pillow opens a 16-bit grey PNG) to 255
+    instead of scaling it, which turns it white; here its 0..65535 is scaled to 0..255 (round(v / 257)). 8-bit modes
+    (grey, palette, alpha, CMYK, ...) convert as Pillow converts them (alpha is dropped). Images whose range cannot
+    be known (32-bit integer 'I', float 'F') are refused: InputFileError naming ``source``.
+    """
+    from PIL import Image
+
+    assert isinstance(im, Image.Image)
+    if im.mode in _SIXTEEN_BIT:
+        v = np.asarray(im).astype(np.uint32)
+        grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode in ("I", "F"):
+        raise InputFileError(f"{source}: a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image (mode "
+                             f"{im.mode}) has no fixed range; save it as 8-bit (or 16-bit) RGB or grey")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.io import atomic_dir, check_writable_dir
+from nerfgan.io import atomic_dir, check_writable_dir, image_rgb8
+from nerfgan.jsonfile import loads, read_bytes
 from nerfgan.teacher import limits
 
 
 MAX_LABELS_BYTES = 256 << 20
 """dataset.json larger than this is refused before it is parsed."""
+
+MAX_LABELS = 1 << 19
+"""Labels (images) of one data set, at most (FFHQ with its mirror images has 140,000)."""
+
+MAX_LABELS_VALUES = 32 * MAX_LABELS
+"""JSON values dataset.json may hold (a label is 28: its list, name, camera list and 25 numbers), counted before it
+is parsed (nerfgan.jsonfile): about 1 GiB once parsed at most, however the 256 MiB are filled."""
 
 MAX_IMAGE_FILE_BYTES = 64 << 20
 """An image file of a data set larger than this is refused before it is read (a 1024 px RGB PNG is at most 3 MiB)."""
@@ -122,7 +131,9 @@ class Dataset:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size  # from the header: nothing is decoded yet
                 if max(width, height) <= limits.MAX_IMAGE_RESOLUTION:
-                    return np.asarray(im.convert("RGB"))
+                    return image_rgb8(im, f"{self.path}: {self.names[i]}")  # (16-bit grey scaled, not clipped)
+        except InputFileError:
+            raise
         except Exception as e:  # PIL raises many kinds for a broken file
             raise InputFileError(f"{self.path}: {self.names[i]} is not a readable image ({e})") from None
         raise InputFileError(f"{self.path}: {self.names[i]} is {width}x{height} pixels, over "
@@ -163,7 +174,25 @@ def _read_zip_member(path: Path, zf: zipfile.ZipFile, name: str, limit: int, lim
     if info.file_size > limits.RATIO_EXEMPT_BYTES and ratio > limits.MAX_COMPRESSION_RATIO:
         raise InputFileError(f"{path}: {name} declares {info.file_size:,} bytes deflated into {info.compress_size:,} "
                              f"({ratio:,.0f}:1, over MAX_COMPRESSION_RATIO {limits.MAX_COMPRESSION_RATIO}:1)")
-    return zf.read(info)
+    try:
+        return zf.read(info)
+    except ZIP_ERRORS as e:  # a bad CRC-32 is a BadZipFile
+        raise InputFileError(f"{path}: {name} is damaged in the zip file ({str(e)[:120]})") from None
+
+
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError)
+"""What zipfile raises for a damaged member (a bad CRC-32, a truncated or corrupt deflate stream, an encrypted one)."""
+
+
+def check_zip_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Read member ``info`` of the zip ``path`` through to its end, so that zipfile checks its CRC-32 and its
+    deflate stream; nothing is kept. InputFileError naming the member when it is damaged."""
+    try:
+        with zf.open(info) as f:
+            while f.read(1 << 20):
+                pass
+    except ZIP_ERRORS as e:
+        raise InputFileError(f"{path}: {info.filename} is damaged in the zip file ({str(e)[:120]})") from None
 
 
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -181,25 +210,31 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
                 raise InputFileError(f"{p}: has no dataset.json")
             if f.stat().st_size > MAX_LABELS_BYTES:
                 raise InputFileError(f"{f}: larger than {MAX_LABELS_BYTES >> 20} MiB")
-            raw = f.read_bytes()
-        doc = json.loads(raw)
+            raw = read_bytes(f, "dataset.json", MAX_LABELS_BYTES)
     except KeyError:
         raise InputFileError(f"{p}: has no dataset.json") from None
-    except zipfile.BadZipFile:
-        raise InputFileError(f"{p}: not a zip file or folder") from None
-    except (ValueError, RecursionError) as e:
-        raise InputFileError(f"{p}: dataset.json is not valid JSON ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise InputFileError(f"{p}: not a readable zip file or folder ({str(e)[:120]})") from None
+    doc = loads(raw, f"{p}: dataset.json", "data set's dataset.json", MAX_LABELS_VALUES)
+    del raw
     labels = doc.get("labels") if isinstance(doc, dict) else None
     if not isinstance(labels, list) or not labels:
         raise InputFileError(f"{p}: dataset.json has no 'labels' list (EG3D's format: [[name, [25 floats]], ...])")
-    names, cams = [], []
+    if len(labels) > MAX_LABELS:
+        raise InputFileError(f"{p}: dataset.json has {len(labels):,} labels, more than {MAX_LABELS:,} (MAX_LABELS)")
+    names = []
+    arr = np.empty((len(labels), 25), np.float32)  # filled row by row: no second copy of the labels as lists
     for k, entry in enumerate(labels):
         ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)
-        if not ok or len(entry[1]) != 25 or not all(isinstance(v, (int, float)) for v in entry[1]):
+        # (bool is an int in Python; a camera value `true` is not a number)
+        if not ok or len(entry[1]) != 25 or not all(type(v) in (int, float) for v in entry[1]):
             raise InputFileError(f"{p}: dataset.json label {k} is not [name, [25 numbers]]")
         names.append(entry[0])
-        cams.append(entry[1])
-    arr = np.asarray(cams, dtype=np.float32)
+        try:
+            arr[k] = entry[1]
+        except OverflowError:  # an integer beyond float32
+            raise InputFileError(f"{p}: dataset.json label {k} has a camera value out of range") from None
+        labels[k] = None  # the parsed row is freed as it is copied
     if not np.isfinite(arr).all():
         raise InputFileError(f"{p}: dataset.json has non-finite camera values")
     return Dataset(p, names, arr)

@@ -255,7 +255,7 @@ def read_photo(path: str | os.PathLike[str]) -> np.ndarray:
     is missing, not an image, not square, or over MAX_PHOTO_PIXELS."""
     from PIL import Image, UnidentifiedImageError
 
-    from nerfgan.io import existing_file
+    from nerfgan.io import existing_file, image_rgb8
 
     p = existing_file(path, "photo")
     try:
@@ -266,7 +266,7 @@ def read_photo(path: str | os.PathLike[str]) -> np.ndarray:
             if w != h:
                 raise InputFileError(f"{p}: photo is {w}x{h}; give a square crop (the generator renders square "
                                      "images; nerfgan does not crop for you)")
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            rgb = image_rgb8(img, str(p))  # (16-bit grey scaled, not clipped)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputFileError(f"{p}: cannot read the photo ({type(e).__name__}: {str(e)[:120]})") from None
     return rgb

@@ -14,7 +14,7 @@ real images, the rest teacher renders:
 
 The data set (a folder or .zip, see nerfgan.scenes.dataset) is checked when it is opened, before any
 training: every label (open_dataset), and every image's header (present, within the size limits, a
-readable image, all of one size); ``check`` then compares that size with the teacher's output and the
+readable image, all of one size; in a zip each member is read through once so that its CRC-32 is checked); ``check`` then compares that size with the teacher's output and the
 image count with what a step needs. Decoded images stay in a cache bounded in bytes; an image that
 fails to decode later stops the run with one error line naming it.
 """
@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from nerfgan.errors import InputFileError, UsageError
-from nerfgan.scenes.dataset import MAX_IMAGE_FILE_BYTES, Dataset, _read_member, _read_zip_member, open_dataset
+from nerfgan.io import image_rgb8
+from nerfgan.scenes.dataset import (MAX_IMAGE_FILE_BYTES, Dataset, _read_member, _read_zip_member, check_zip_member,
+                                    open_dataset)
 from nerfgan.teacher import limits
 
 REAL_STREAM = 0x7265616C  # "real": the picks of step s come from default_rng([seed, s, REAL_STREAM])
@@ -119,6 +121,11 @@ class RealImages:
                     n = p.stat().st_size
                 if n > MAX_IMAGE_FILE_BYTES:
                     raise self._fail(f"{name} is larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB (MAX_IMAGE_FILE_BYTES)")
+                if zf is not None:
+                    try:
+                        check_zip_member(self.path, zf, info)  # its CRC-32, now rather than mid-training
+                    except InputFileError as e:
+                        raise self._fail(str(e).removeprefix(f"{self.path}: ")) from None
                 f = zf.open(info) if zf is not None else open(p, "rb")
                 with f, warnings.catch_warnings():
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below by its size
@@ -203,7 +210,7 @@ class RealImages:
                 if im.size != (self.width, self.height):
                     raise self._fail(f"{name} is {im.size[0]}x{im.size[1]} pixels, the data set's images "
                                      f"{self.width}x{self.height}")
-                arr = np.asarray(im.convert("RGB"))
+                arr = image_rgb8(im, f"--real {self.path}: {name}")  # (16-bit grey scaled, not clipped)
         except InputFileError:
             raise
         except Exception as e:  # a header that reads but data that does not decode

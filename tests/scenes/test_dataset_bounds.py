@@ -58,3 +58,43 @@ def test_an_image_of_huge_declared_size_is_refused_before_decoding(tmp_path):
     with bounded(), pytest.raises(InputFileError) as error:
         ds.image(0)
     assert "img00000000.png is 12000x12000 pixels, over 1024 per side (MAX_IMAGE_RESOLUTION)" in str(error.value)
+
+
+def test_a_labels_file_of_many_tiny_values_is_refused_before_parsing(tmp_path):
+    """Issue 22: 51 MB of `[],` is within the 256 MiB byte limit but 17 million lists (over a GiB) once parsed;
+    the count of values is bounded before json.loads runs."""
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "dataset.json").write_bytes(b'{"labels": [' + b"[]," * (17 << 20) + b"[]]}")
+    with bounded(), pytest.raises(InputFileError, match="JSON values"):
+        open_dataset(d)
+
+
+def test_a_camera_label_true_is_not_a_number(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "dataset.json").write_text(json.dumps({"labels": [["00000/img00000000.png", [True] + [0.0] * 24]]}))
+    with pytest.raises(InputFileError, match=r"label 0 is not \[name, \[25 numbers\]\]"):
+        open_dataset(d)
+
+
+def test_a_zip_member_with_a_bad_crc_is_one_error_line_naming_it(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nerfgan.scenes.dataset import _read_zip_member
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="PNG")
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("dataset.json", LABELS)
+        zf.writestr("00000/img00000000.png", buf.getvalue())
+    raw = bytearray(path.read_bytes())
+    at = raw.index(buf.getvalue()[:8]) + 20  # one byte inside the stored PNG: its CRC-32 no longer matches
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf, pytest.raises(InputFileError, match="img00000000.png is damaged"):
+        _read_zip_member(path, zf, "00000/img00000000.png", 1 << 20, "MAX")

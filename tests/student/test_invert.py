@@ -163,3 +163,16 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, photo_path, tiny_s
         assert "--pose" in err
     elif case != "bad yaws":
         assert photo in err
+
+
+def test_a_16_bit_grey_photo_is_scaled_not_clipped(tmp_path):
+    """Issue 22: Pillow's convert('RGB') clips I;16 to 255 (a white photo); nerfgan scales it."""
+    from PIL import Image
+
+    from nerfgan.student.invert import read_photo
+
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "p.png")
+    rgb = read_photo(tmp_path / "p.png")
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(grey / 257).astype(np.uint8))

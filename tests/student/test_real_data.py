@@ -150,6 +150,19 @@ def test_the_low_resolution_branch_is_the_antialiased_downsampling(tmp_path):
     assert (raw - strided).abs().max() > 0.05
 
 
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
+    grey = (np.arange(128 * 128, dtype=np.uint32).reshape(128, 128) % 256).astype(np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16"
+    real = RealImages(make_data(tmp_path / "d.zip", images={0: buf.getvalue()}))
+    image = real.image(0)
+    assert image.dtype == np.uint8 and image.shape == (128, 128, 3)
+    np.testing.assert_array_equal(image[..., 1], grey // 257)
+    assert (image == 255).mean() < 0.01
+    assert np.array_equal(open_dataset(tmp_path / "d.zip").image(0), image)
+
+
 def test_a_truncated_image_is_one_error_naming_it_when_read(tmp_path):
     whole = png(np.full((128, 128, 3), 7, np.uint8))
     real = RealImages(make_data(tmp_path / "d.zip", n=3, images={2: whole[:len(whole) // 2]}))  # header intact
@@ -276,11 +289,24 @@ def _bad_sets(tmp: Path) -> dict[str, tuple[list, str]]:
         "too few images": (["--real", make_data(tmp / "f.zip", n=1), "--real-fraction", "1"],
                            "has 1 images, fewer than the 2 each step"),
         "not there": (["--real", tmp / "nowhere.zip"], "data set not found"),
+        "bad crc": (["--real", _bad_crc(make_data(tmp / "g.zip"), 3)], "00000/img00000003.png is damaged"),
     }
 
 
+def _bad_crc(path: Path, i: int) -> Path:
+    """Flip one byte inside stored member ``image_name(i)`` of the zip ``path``: its CRC-32 no longer matches."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(image_name(i))
+    assert info.compress_type == zipfile.ZIP_STORED
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
 BAD_SETS = ["wrong camera length", "unreadable image", "wrong size", "mixed sizes", "no dataset.json", "missing image",
-            "too few images", "not there"]
+            "too few images", "not there", "bad crc"]
 
 
 def test_the_bad_set_cases_are_all_run(tmp_path):
