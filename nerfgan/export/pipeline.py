@@ -28,8 +28,8 @@ import numpy as np
 import nerfgan
 from nerfgan.calibrate.int8 import BACKENDS, DEFAULT_EXCLUDE
 from nerfgan.errors import InputFileError, NerfganError, OutputError, UsageError
-from nerfgan.io import (OWNER_FILE, atomic_dir, atomic_path, check_writable_dir, claim_dir, folder_lock,
-                        mark_dir)
+from nerfgan.io import (OWNER_FILE, atomic_dir, atomic_path, check_may_replace, check_writable_dir, claim_dir,
+                        folder_lock, mark_dir, may_replace)
 from nerfgan.runtime import spec as S
 
 
@@ -179,6 +179,8 @@ def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: Expo
     out = Path(out_dir)
     claim_dir(out, OWNER_KIND, "-o", _is_export)
     check_writable_dir(out, "export folder")
+    if out.is_dir():  # the one rule of what a writer may replace (nerfgan.io.may_replace), before any work
+        check_may_replace(out, planned_files(config), _records(out), "-o", _is_nerfgan_sidecar)
     if config.triton:
         from nerfgan.export.triton import check_destination
 
@@ -192,6 +194,17 @@ def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: Expo
         check_destination(config.triton, overwrite=True)
         check_writable_dir(repo, "Triton repository")
     return out
+
+
+def planned_files(config: ExportConfig) -> list[str]:
+    """The names an export with ``config`` writes into -o (manifest.json and the owner file aside)."""
+    onnx = ["mapping.onnx", "student.onnx"] + ["student_fp16.onnx"] * config.fp16 + ["student_int8.onnx"] * config.int8
+    names = list(onnx)
+    if config.trt:
+        names += [n for f in onnx for n in (f.replace(".onnx", ".plan"), f.replace(".onnx", ".plan.json"))]
+    if config.aoti:
+        names += ["student.pt2", "student.pt2.json"]
+    return names
 
 
 def _is_export(folder: Path) -> bool:
@@ -209,30 +222,56 @@ def _install(out: Path, stage: Path, artifacts: list[Artifact], manifest: dict[s
     load, so they see the old set or the new one, never a mix; a kill part-way leaves files that do not match the
     manifest's sha256, which readers refuse by name until the next export completes."""
     names = [n for a in artifacts for n in [a.file] + ([a.file + ".json"] if a.format in ("tensorrt", "pt2") else [])]
-    old = _listed_files(out)
+    records = _records(out)
+    check_may_replace(out, names, records, "-o", _is_nerfgan_sidecar)  # (again: the folder may have changed meanwhile)
     mark_dir(stage, OWNER_KIND)
     with atomic_path(stage / S.MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
+    new = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    new.update({n: None for n in names if n not in new})  # sidecars
     with folder_lock(out, what="export folder"):
+        with atomic_path(out / INSTALLING) as tmp:  # what the renames below put there, until the manifest says it
+            tmp.write_text(json.dumps({"format": INSTALLING_FORMAT, "files": new}))
         for name in names:
             os.replace(stage / name, out / name)
         os.replace(stage / OWNER_FILE, out / OWNER_FILE)
         os.replace(stage / S.MANIFEST, out / S.MANIFEST)
         keep = set(names) | {S.MANIFEST, OWNER_FILE}
-        for name, sha in sorted(old.items()):
-            if name not in keep and _unchanged(out / name, sha):
+        for name in sorted({n for r in records for n in r}):
+            if name not in keep and os.path.lexists(out / name) and any(
+                    may_replace(out / name, r, name, _is_nerfgan_sidecar) for r in records):
                 (out / name).unlink()
+        (out / INSTALLING).unlink()
 
 
-def _unchanged(path: Path, sha: str | None) -> bool:
-    """A file the old manifest listed is removed only while it is still what nerfgan wrote: a plain file with the
-    recorded sha256, or for a plan's sidecar (listed without one) a small JSON file that is a nerfgan sidecar."""
-    from nerfgan.io import file_sha256
+INSTALLING = ".nerfgan-installing.json"
+"""Written into -o just before an install's renames (name -> sha256 of every file it puts there) and removed once
+the new manifest is in place: after a kill in between, the next export may replace those files too."""
+INSTALLING_FORMAT = "nerfgan-export-install"
 
+
+def _records(out: Path) -> list[dict[str, str | None]]:
+    """What nerfgan wrote in ``out``: the files its manifest lists and those of an install killed part-way."""
+    from nerfgan.jsonfile import read_json
+
+    pending: dict[str, str | None] = {}
+    if os.path.lexists(out / INSTALLING):
+        try:
+            d = read_json(out / INSTALLING, "install record", S.MANIFEST_MAX_BYTES, S.MANIFEST_MAX_VALUES)
+        except InputFileError:
+            d = None
+        files = d.get("files") if isinstance(d, dict) and d.get("format") == INSTALLING_FORMAT else None
+        if isinstance(files, dict):
+            pending = {k: v for k, v in files.items() if isinstance(k, str) and S.plain_name_problem(k) is None
+                       and (v is None or isinstance(v, str))}
+    return [_listed_files(out), pending]
+
+
+def _is_nerfgan_sidecar(path: Path) -> bool:
+    """For a plan's or package's sidecar (listed in the manifest without a sha256): a small JSON file that is a
+    nerfgan sidecar (what nerfgan.io.may_replace asks of an entry recorded without a sha256)."""
     if path.is_symlink() or not path.is_file():
         return False
-    if sha is not None:
-        return file_sha256(path) == sha
     from nerfgan.runtime.plan import EngineSidecar
     from nerfgan.runtime.pt2_backend import Pt2Sidecar
 

@@ -14,7 +14,7 @@ from conftest import UNTRAINED_INT8_MIN_PSNR, invoke
 from nerfgan.cli import export_main
 from nerfgan.errors import OutputError
 from nerfgan.export.pipeline import EXPORT_LOCK, ExportConfig, export
-from nerfgan.io import folder_lock
+from nerfgan.io import file_sha256, folder_lock
 from nerfgan.runtime.spec import read_manifest
 
 
@@ -147,3 +147,54 @@ def test_links_are_resolved_before_the_overlap_check_and_a_linked_repository_is_
                                         "--triton", tmp_path / "link"], capsys)
     assert code == 2 and "symbolic link" in err
     assert (tmp_path / "link").is_symlink() and not (tmp_path / "out").exists()
+
+
+# --- issue 22: one rule for what an export may replace (nerfgan.io.may_replace) ----------------------------------
+def test_reexport_refuses_to_replace_a_file_the_manifest_never_listed(tmp_path, tiny_student_path, capsys):
+    out = tmp_path / "e2"
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    (out / "student_fp16.onnx").write_text("mine\n")
+    before = tree(out)
+    code, _, err = invoke(export_main, ["--student", tiny_student_path, "-o", out, "--fp16"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "student_fp16.onnx" in err and "nothing was changed" in err
+    assert tree(out) == before  # the user's bytes, and the old export, as they were
+
+
+def test_reexport_refuses_to_replace_a_listed_file_the_user_edited(tmp_path, tiny_student_path):
+    out = tmp_path / "e"
+    export(tiny_student_path, out, ExportConfig(fp16=True), log=lambda s: None)
+    edited = (out / "student_fp16.onnx").read_bytes() + b"the user's edit"
+    (out / "student_fp16.onnx").write_bytes(edited)
+    with pytest.raises(OutputError, match="student_fp16.onnx"):
+        export(tiny_student_path, out, ExportConfig(fp16=True), log=lambda s: None)
+    assert (out / "student_fp16.onnx").read_bytes() == edited
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)  # not written by this export: kept as it is
+    assert (out / "student_fp16.onnx").read_bytes() == edited
+
+
+def test_an_install_killed_part_way_is_replaced_by_the_next_export(tmp_path, tiny_student_path, monkeypatch):
+    """The files an interrupted install renamed into place are in its install record, so the next export may
+    replace them (they are nerfgan's), though the old manifest records other sha256s."""
+    import nerfgan.export.pipeline as P
+
+    out = tmp_path / "e"
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    other = P.ExportConfig(opset=18)  # other bytes under the same names
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if Path(dst) == out / "student.onnx":  # mapping.onnx renamed into place, then the kill
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(P.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export(tiny_student_path, out, other, log=lambda s: None)
+    monkeypatch.setattr(P.os, "replace", real_replace)
+    assert (out / P.INSTALLING).is_file()
+    listed = {a["file"]: a["sha256"] for a in read_manifest(out)["artifacts"]}
+    assert file_sha256(out / "mapping.onnx") != listed["mapping.onnx"]  # the new file under the old manifest
+    export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
+    assert not (out / P.INSTALLING).exists()
+    assert {a["file"] for a in read_manifest(out)["artifacts"]} == {"mapping.onnx", "student.onnx"}
