@@ -124,7 +124,7 @@ def export(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], config
     from nerfgan.teacher.identity import TEACHER_KEY
 
     ckpt_path = existing_file(ckpt, "student checkpoint")
-    out = check_destinations(ckpt_path, out_dir, config)
+    out = check_destinations(ckpt_path, out_dir, config, log)
     if config.trt:  # fail before any work when TensorRT or the GPU is missing
         from nerfgan.export.tensorrt import gpu_info, import_tensorrt
 
@@ -174,8 +174,10 @@ OWNER_KIND = "export"  # nerfgan.io owner-file kind of an export folder
 EXPORT_LOCK = ".nerfgan-export.lock"  # held for a whole export: exports into one folder run one after another
 
 
-def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: ExportConfig) -> Path:
-    """Check, before any work, that -o and --triton may be written and do not overlap the checkpoint or each other."""
+def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: ExportConfig,
+                       log: Callable[[str], None] | None = None) -> Path:
+    """Check, before any work, that -o and --triton may be written and do not overlap the checkpoint or each other;
+    ``log`` gets a warning when the --triton folder's name shadows an importable Python module."""
     out = Path(out_dir)
     claim_dir(out, OWNER_KIND, "-o", _is_export)
     check_writable_dir(out, "export folder")
@@ -193,7 +195,33 @@ def check_destinations(ckpt: Path, out_dir: str | os.PathLike[str], config: Expo
             raise UsageError(f"--triton {config.triton}: holds the checkpoint {ckpt}; give a folder of its own")
         check_destination(config.triton, overwrite=True)
         check_writable_dir(repo, "Triton repository")
+        shadowed = shadowed_module(repo)
+        if shadowed and log is not None:
+            log(f"warning: --triton {config.triton}: a folder named {shadowed!r} hides the Python module {shadowed} "
+                f"from Python started in {repo.parent} (torch imports triton, for one); the usual name is "
+                "model_repository")
     return out
+
+
+def shadowed_module(folder: str | os.PathLike[str]) -> str | None:
+    """The name of the importable module (standard library, built in, or installed on sys.path outside the folder's
+    parent) that a folder of this name hides from Python started in its parent folder, or None."""
+    import importlib.machinery
+    import sys
+
+    p = Path(os.path.abspath(folder))
+    name = p.name
+    if not name.isidentifier():
+        return None
+    if name in sys.builtin_module_names or name in getattr(sys, "stdlib_module_names", ()):
+        return name
+    parent = os.path.realpath(p.parent)
+    paths = [e for e in sys.path if os.path.realpath(e or os.getcwd()) != parent]
+    try:
+        found = importlib.machinery.PathFinder.find_spec(name, paths)
+    except (ImportError, ValueError, OSError):
+        return None
+    return name if found is not None else None
 
 
 def planned_files(config: ExportConfig) -> list[str]:

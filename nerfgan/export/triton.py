@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerfgan.errors import ConfigError, InputFileError, UsageError
-from nerfgan.io import LOCK_FILE, atomic_dir, claim_dir, mark_dir
+from nerfgan.io import (LOCK_FILE, OWNER_FILE, atomic_dir, check_may_replace, claim_dir, file_sha256, mark_dir,
+                        owner_record)
 from nerfgan.export.triton_python import MODEL_FILE, MODEL_PY
 from nerfgan.runtime.spec import BATCH, ModelSpec, TensorSpec
 
@@ -220,7 +221,8 @@ def write_triton_repository(
     with atomic_dir(repo) as tmp:
         _fill(tmp, texts, {names.mapping: (Path(mapping_file), "model.onnx"),
                            names.student: (Path(student_file), BACKENDS[student_backend][1])}, names.ensemble)
-        mark_dir(tmp, OWNER_KIND)
+        written = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        mark_dir(tmp, OWNER_KIND, written)  # the record a later --triton judges the old repository by
         _move_into_place(tmp, repo)
     return repo
 
@@ -318,6 +320,13 @@ def check_destination(repo_dir: str | os.PathLike[str], overwrite: bool) -> Path
     claim_dir(repo, OWNER_KIND, "--triton", recognise)
     if repo.is_dir() and any(e.name not in (LOCK_FILE,) for e in repo.iterdir()) and not overwrite:
         raise UsageError(f"{repo}: model repository directory exists and is not empty; pass overwrite to replace it")
+    record = owner_record(repo) if repo.is_dir() else None
+    files = record.get("files") if record is not None else None
+    if isinstance(files, dict):  # (repositories from before the record are replaced as their owner file allows)
+        recorded = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+        present = [str(f.relative_to(repo)) for f in sorted(repo.rglob("*"))
+                   if (f.is_file() or f.is_symlink()) and f.name not in (OWNER_FILE, LOCK_FILE)]
+        check_may_replace(repo, present, recorded, "--triton")  # the one rule (nerfgan.io.may_replace)
     return repo
 
 

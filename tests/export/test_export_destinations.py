@@ -198,3 +198,21 @@ def test_an_install_killed_part_way_is_replaced_by_the_next_export(tmp_path, tin
     export(tiny_student_path, out, ExportConfig(), log=lambda s: None)
     assert not (out / P.INSTALLING).exists()
     assert {a["file"] for a in read_manifest(out)["artifacts"]} == {"mapping.onnx", "student.onnx"}
+
+
+def test_triton_warns_when_its_folder_hides_an_importable_module(tmp_path, tiny_student_path):
+    """Issue 22 item 11: README's old `--triton triton` made a triton/ folder that hides the triton package torch
+    imports from Python started there; the export says so (and README names the repository model_repository)."""
+    from nerfgan.export.pipeline import check_destinations, shadowed_module
+
+    assert shadowed_module(tmp_path / "json") == "json"  # the standard library
+    assert shadowed_module(tmp_path / "numpy") == "numpy"  # installed
+    assert shadowed_module(tmp_path / "model_repository") is None
+    assert shadowed_module(tmp_path / "not-an-identifier") is None
+    log: list[str] = []
+    check_destinations(Path(tiny_student_path), tmp_path / "e", ExportConfig(triton=str(tmp_path / "numpy")), log.append)
+    assert len(log) == 1 and "hides the Python module numpy" in log[0] and "model_repository" in log[0]
+    log.clear()
+    check_destinations(Path(tiny_student_path), tmp_path / "e", ExportConfig(triton=str(tmp_path / "model_repository")),
+                       log.append)
+    assert log == []

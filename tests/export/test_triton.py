@@ -526,3 +526,21 @@ def test_cli_takes_triton_backend(tmp_path: Path, capsys: pytest.CaptureFixture[
                      "--triton-backend", "python", "--dry-run"])
     assert e.value.code == 0
     assert json.loads(capsys.readouterr().out)["export"]["triton_backend"] == "python"
+
+
+@pytest.mark.parametrize("change", ["edited", "added"])
+def test_overwrite_keeps_a_file_the_user_changed_or_added_inside_the_repository(
+        tmp_path: Path, inputs: dict[str, Path], change: str) -> None:
+    """Issue 22: the repository's owner file records the sha256 of every file written, and --triton replaces the
+    repository only while every file in it is one of those, unchanged (nerfgan.io.may_replace, as for -o)."""
+    repo = write(tmp_path / "repo", inputs)
+    config = repo / NAMES.student / "config.pbtxt"
+    if change == "edited":
+        config.write_text(config.read_text() + "\n# the user's tuning\n")
+    else:
+        (repo / NAMES.student / "notes.txt").write_text("mine")
+    before = {str(p.relative_to(repo)): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="nothing was changed"):
+        write(repo, inputs, overwrite=True)
+    assert {str(p.relative_to(repo)): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    assert leftovers(tmp_path) == []
