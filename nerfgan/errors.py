@@ -50,3 +50,9 @@ class ExportMismatchError(NerfganError):
 
 class TensorError(UsageError):
     """A tensor given to a model or the runtime has the wrong shape, dtype or batch, or non-finite values."""
+
+
+class EngineError(NerfganError):
+    """An engine (ONNX Runtime, OpenVINO, TensorRT, PyTorch, an AOTInductor package) failed while running a model:
+    out of memory, an operator's run-time check. nerfgan.runtime.backends.Backend.infer maps every backend's
+    run-time failure to this one type; the message names the file and the engine's own first line."""

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nerfgan.errors import (ConfigError, InputFileError, MissingDependencyError, NerfganError, TensorError,
-                            UsageError)
+from nerfgan.errors import (ConfigError, EngineError, InputFileError, MissingDependencyError, NerfganError,
+                            TensorError, UsageError)
 from nerfgan.runtime import spec as S
 
 if TYPE_CHECKING:
@@ -81,12 +81,33 @@ class Backend:
         return out
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check ``feeds`` and run; UsageError when the backend is closed (also when close() came meanwhile)."""
+        """Check ``feeds`` and run; UsageError when the backend is closed (also when close() came meanwhile).
+
+        The one place where every backend's run-time failure becomes a typed error: an engine's own exception
+        (ONNX Runtime's Fail/RuntimeException, OpenVINO's, TensorRT's, torch's, MemoryError) is EngineError naming
+        the file; an output with NaN or inf (inputs beyond what the model can take, such as |w| of 1e38) is
+        TensorError. nerfgan's own errors pass as they are."""
         self._refuse_closed()
         checked = self.check(feeds)
         with self._lock:
             self._refuse_closed()
-            return self._run(checked)
+            try:
+                out = self._run(checked)
+            except NerfganError:
+                raise
+            except MemoryError:
+                raise EngineError(f"{self.path.name}: {self.name} ran out of memory running a batch of "
+                                  f"{len(next(iter(checked.values())))}; give a smaller batch") from None
+            except Exception as e:  # each engine raises its own types
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise EngineError(f"{self.path.name}: {self.name} failed while running it ({type(e).__name__}: "
+                                  f"{first[:300]})") from None
+        for name, a in out.items():
+            if not np.isfinite(a).all():
+                given = ", ".join(f"{k} up to {float(np.abs(v).max()):.3g}" for k, v in checked.items())
+                raise TensorError(f"{self.path.name}: output {name} has NaN or inf values; the inputs ({given}) are "
+                                  "beyond what the model can take")
+        return out
 
     def _refuse_closed(self) -> None:
         if self._closed:

@@ -252,3 +252,45 @@ def test_close_while_other_threads_render(export_dir):
     assert isinstance(results["second"], UsageError) and "closed" in str(results["second"])
     with pytest.raises(UsageError, match="closed"):
         g.render(w=w)
+
+
+# --- issue 22: run-time failures of every backend are typed errors (Backend.infer) ----------------------------
+class _FailingSession:
+    """Stands for an ONNX Runtime session whose run fails as ONNX Runtime fails (its own exception type)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def run(self, names, feeds):
+        from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+        raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                               "running ConstantOfShape node. Failed to allocate memory for 34359738368 bytes\nmore")
+
+
+def test_an_onnx_runtime_failure_is_one_engine_error_line(export_dir, tmp_path, capsys, monkeypatch):
+    from nerfgan.errors import EngineError
+    from nerfgan.runtime.backends import OnnxBackend
+
+    with nr.load(export_dir, device="cpu") as g:
+        g.student._session = _FailingSession(g.student._session)
+        with pytest.raises(EngineError, match=r"student.onnx: onnxruntime-cpu-fp32 failed while running it "
+                                              r"\(RuntimeException: .*ConstantOfShape.*34359738368 bytes\)$"):
+            g.render(seeds=[1])
+    real_init = OnnxBackend.__init__
+
+    def failing_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        if self.spec.kind == "student":
+            self._session = _FailingSession(self._session)
+
+    monkeypatch.setattr(OnnxBackend, "__init__", failing_init)
+    err = one_line_error(["--engine", export_dir, "--device", "cpu", "-o", tmp_path / "o.png"], capsys, code=1)
+    assert "ConstantOfShape" in err and not (tmp_path / "o.png").exists()
+
+
+def test_a_w_so_large_that_the_image_is_nan_is_a_tensor_error(gen):
+    """{"w": [3e38, ...]} is finite, but the student's output is NaN (an all-black image before): refused."""
+    with pytest.raises(TensorError, match="output image has NaN or inf values"):
+        gen.render(w=np.full((1, gen.w_dim), 3e38, np.float32))
+    assert gen.render(w=gen.style(seed=1)).shape == (1, gen.img_resolution, gen.img_resolution, 3)  # still serving
