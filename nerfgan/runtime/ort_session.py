@@ -12,9 +12,16 @@ hardware it was made on (ONNX Runtime says so), so it is used only when everythi
 * name ``<stem>.ort-opt.<ORT version>.<key>.onnx`` with ``<key>`` the first 16 hex digits of the sha256 of the
   key (source file's sha256, ONNX Runtime version, provider, level, machine and CPU model/flags, nerfgan's cache
   format), and a sidecar ``<name>.json`` holding the whole key and the cache file's size and sha256;
-* reused only when the sidecar's key equals the key wanted and the file has the recorded size and sha256, passes
-  the checks every ONNX file gets (read_onnx_checked: external data locations) and ONNX Runtime loads it; anything
-  else is ignored (the cache is rebuilt), never an error;
+* reused only when the sidecar's key equals the key wanted, the sidecar's MAC is this user's (below), the file has
+  the recorded size and sha256, passes the checks every ONNX file gets (read_onnx_checked: external data
+  locations) and ONNX Runtime loads it; anything else is ignored (the cache is rebuilt), never an error;
+* checked against the source it was made from: the sidecar carries an HMAC-SHA256, under a secret of this user's
+  (32 random bytes in ``<user cache>/cache.key``, mode 0600, made with the first cache), of the key (which holds
+  the source file's sha256, itself checked against the export's manifest) and the cache file's sha256 and size,
+  written by nerfgan right after ONNX Runtime optimised the verified source. A graph planted under a cache name,
+  with a sidecar whose sha256 was updated to match it, has no valid MAC and is never loaded: a cache is used only
+  when this user's nerfgan made it from this very source. No secret (no user cache folder, or a key file that is
+  not a private regular file of this user): no cache;
 * kept only for a file of a nerfgan export (listed in its folder's manifest.json with the same sha256): beside it
   when the folder is writable, else in the user cache (``$XDG_CACHE_HOME/nerfgan/onnxruntime``, by default
   ``~/.cache/nerfgan/onnxruntime``) when that is writable, else not at all. Any other ONNX file is never cached
@@ -171,15 +178,23 @@ def find(cache: Path, key: dict[str, str]) -> CacheEntry | None:
     try:
         if side.is_symlink() or cache.is_symlink() or not side.is_file() or not cache.is_file():
             return None
-        if side.stat().st_size > SIDECAR_MAX_BYTES:
-            return None
-        rec = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        from nerfgan.errors import InputFileError
+        from nerfgan.jsonfile import read_json
+
+        rec = read_json(side, "onnxruntime cache sidecar", SIDECAR_MAX_BYTES, 1 << 10)
+    except (OSError, InputFileError):
         return None
     if not isinstance(rec, dict) or rec.get("key") != key:
         return None
     sha, size = rec.get("sha256"), rec.get("bytes")
     if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return None
+    import hmac
+
+    secret = _secret(create=False)
+    mac = rec.get("mac")
+    if secret is None or not isinstance(mac, str) or not hmac.compare_digest(mac, record_mac(secret, key, sha, size)):
+        log.info("%s: not made by this user's nerfgan from this source (no valid MAC); ignored", cache)
         return None
     return CacheEntry(cache, sha, size)
 
@@ -195,6 +210,48 @@ def temp_for(cache: Path) -> Path:
     return cache.parent / f".{cache.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
+SECRET_FILE = "cache.key"
+
+
+def _secret(create: bool) -> bytes | None:
+    """This user's cache secret (module docstring), made when ``create`` and missing; None when there is none or it
+    is not a private regular file of this user (then nothing is cached)."""
+    import secrets as _secrets
+    import stat as _stat
+
+    d = user_cache_dir()
+    if d is None:
+        return None
+    path = d / SECRET_FILE
+    try:
+        if create and not os.path.lexists(path):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_secrets.token_bytes(32))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+            if not _stat.S_ISREG(st.st_mode) or not mine or st.st_mode & 0o077 or st.st_size != 32:
+                log.debug("onnxruntime cache secret %s refused (not a private 32-byte file of this user)", path)
+                return None
+            return f.read(32)
+    except FileExistsError:  # made meanwhile by another process
+        return _secret(create=False)
+    except OSError as e:
+        log.debug("onnxruntime cache secret %s unavailable: %s", path, e)
+        return None
+
+
+def record_mac(secret: bytes, key: dict[str, str], sha256: str, size: int) -> str:
+    """HMAC-SHA256 of the cache record (key, cache sha256 and size) under ``secret``."""
+    import hmac
+
+    msg = json.dumps({"key": key, "sha256": sha256, "bytes": size}, sort_keys=True).encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
 def commit(tmp_graph: Path, cache: Path, key: dict[str, str]) -> bool:
     """Rename the graph ONNX Runtime wrote to ``tmp_graph`` into place, then write its sidecar (temporary name and
     rename). False (and nothing left behind) when any of it fails: the cache is an optimisation, never an error."""
@@ -202,8 +259,12 @@ def commit(tmp_graph: Path, cache: Path, key: dict[str, str]) -> bool:
     from nerfgan.io import atomic_path
 
     try:
+        secret = _secret(create=True)
+        if secret is None:
+            raise OSError("no cache secret of this user (the cache's MAC needs one)")
         data = tmp_graph.read_bytes()
-        rec = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        rec: dict[str, Any] = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        rec["mac"] = record_mac(secret, key, rec["sha256"], rec["bytes"])
         del data
         os.replace(tmp_graph, cache)
         with atomic_path(sidecar(cache)) as t:

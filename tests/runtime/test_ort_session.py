@@ -228,3 +228,26 @@ def test_files_outside_an_export_are_never_cached(export_copy, tmp_path):
     assert not [n for n in names(export_copy) if ".ort-opt." in n]
     assert infer(export_copy / "student.onnx", cache="off")[:2] == ("off", None)
     assert not [n for n in names(export_copy) if ".ort-opt." in n]
+
+
+def test_a_planted_cache_with_an_updated_sidecar_is_never_served(export_copy, tiny_export_dir):
+    """Issue 22 item 4: a graph planted under the cache's name (here the mapping, so every output would differ),
+    its sidecar's sha256 and size updated to match, lacks the MAC only this user's nerfgan writes: rebuilt."""
+    src = export_copy / "student.onnx"
+    _, _, ref = infer(src, cache="off")
+    _, cache, _ = infer(src)
+    planted = (export_copy / "student_int8.onnx").read_bytes()  # a valid nerfgan graph, other outputs
+    cache.write_bytes(planted)
+    side = OS.sidecar(cache)
+    rec = json.loads(side.read_text())
+    rec.update(sha256=hashlib.sha256(planted).hexdigest(), bytes=len(planted))
+    side.write_text(json.dumps(rec))
+    state, again, out = infer(src)
+    assert (state, again) == ("rebuilt", cache) and max_err(ref, out) <= 1e-5
+    assert infer(src)[0] == "reused"
+    key = tmp_xdg_key(export_copy)
+    assert key.stat().st_mode & 0o077 == 0 and key.stat().st_size == 32
+
+
+def tmp_xdg_key(export_copy):
+    return export_copy.parent / "xdg" / "nerfgan" / "onnxruntime" / OS.SECRET_FILE
