@@ -33,6 +33,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import threading
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +149,33 @@ def check_target(sidecar: Pt2Sidecar, torch: Any, package: Path) -> None:
                                  f"lacks (it has: {' '.join(have).upper() or 'none'}); export it again on this machine")
 
 
+_LOAD_LOCK = threading.Lock()  # TMPDIR is process-wide: one package load at a time
+
+
+def _load_package(torch: Any, data: bytes, p: Path) -> tuple[Any, str]:
+    """(the loaded package, its private scratch folder). torch's loader unpacks the package under ``$TMPDIR``
+    (``aotinductor_*`` folders) and leaves them there when the load fails; here it unpacks into a folder of nerfgan's
+    own (``nerfgan-aoti-*``), removed on a failed load and when the backend is closed (or collected)."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="nerfgan-aoti-")
+    with _LOAD_LOCK:
+        before = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = scratch
+        try:
+            model = torch._inductor.aoti_load_package(io.BytesIO(data))
+        except Exception as e:  # a damaged zip or library: torch raises RuntimeError and others
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise InputFileError(f"{p}: torch cannot load it as an AOTInductor package ({type(e).__name__}: "
+                                 f"{str(e)[:200]})") from None
+        finally:
+            if before is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = before
+    return model, scratch
+
+
 class Pt2Backend(Backend):
     """An AOTInductor package with its sidecar (module docstring). ``device``: 'auto' (the package's), 'cpu' or
     'cuda' (must be the package's); ``artifact``/``manifest``: its manifest entry, checked before use."""
@@ -171,11 +201,8 @@ class Pt2Backend(Backend):
         if hashlib.sha256(data).hexdigest() != sidecar.package_sha256:
             raise InputFileError(f"{p}: its sidecar {sidecar_path(p).name} describes another package (sha256 "
                                  f"{sidecar.package_sha256[:16]}...); export again")
-        try:
-            model = torch._inductor.aoti_load_package(io.BytesIO(data))
-        except Exception as e:  # a damaged zip or library: torch raises RuntimeError and others
-            raise InputFileError(f"{p}: torch cannot load it as an AOTInductor package ({type(e).__name__}: "
-                                 f"{str(e)[:200]})") from None
+        model, self._scratch = _load_package(torch, data, p)
+        weakref.finalize(self, shutil.rmtree, self._scratch, True)  # (also when never closed, or refused below)
         del data
         compiled = {k: v for k, v in model.get_metadata().items() if k.startswith("nerfgan.")}
         if compiled != sidecar.metadata:
@@ -217,3 +244,4 @@ class Pt2Backend(Backend):
 
     def _release(self) -> None:
         self._model = None
+        shutil.rmtree(self._scratch, ignore_errors=True)

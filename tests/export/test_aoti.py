@@ -8,6 +8,7 @@ one package is compiled for the module (``aoti_export``) and one more by the gat
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import subprocess
@@ -259,3 +260,37 @@ def test_refusals_name_the_file_in_one_line(aoti_export, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="no fp32 pt2 student.*nerfgan-export --aoti"):
         load(folder, backend="pt2")
+
+
+def test_a_failed_load_leaves_no_folders_in_the_temporary_directory(aoti_export, tmp_path):
+    """Issue 22: torch's loader unpacks a package under $TMPDIR and left two aotinductor_* folders there for each
+    failed load; nerfgan gives it a private folder and removes it."""
+    import tempfile
+    import zipfile
+
+    src = aoti_export[0]
+    d = tmp_path / "pkg"
+    d.mkdir()
+    pkg = d / "student.pt2"
+    with zipfile.ZipFile(src / "student.pt2") as zin, zipfile.ZipFile(pkg, "w") as zout:
+        for info in zin.infolist():  # every member kept but the compiled library, which is cut short
+            data = zin.read(info)
+            zout.writestr(info, data[:64] if info.filename.endswith(".so") else data)
+    side = json.loads((src / "student.pt2.json").read_text())
+    side["package_sha256"] = hashlib.sha256(pkg.read_bytes()).hexdigest()
+    sidecar_path(pkg).write_text(json.dumps(side))
+    tmp = Path(tempfile.gettempdir())
+
+    def ours():
+        return sorted(p.name for p in tmp.iterdir() if p.name.startswith(("aotinductor_", "nerfgan-aoti-")))
+
+    before = ours()
+    for _ in range(2):
+        with pytest.raises(InputFileError, match="torch cannot load it as an AOTInductor package"):
+            Pt2Backend(pkg)
+    assert ours() == before
+    b = Pt2Backend(src / "student.pt2")
+    scratch = Path(b._scratch)
+    assert scratch.is_dir()
+    b.close()
+    assert not scratch.exists() and ours() == before
