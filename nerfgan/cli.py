@@ -59,6 +59,9 @@ def _register_runtime_commands() -> None:
     from nerfgan.evaluate.fid_command import fid_command  # imports click only; torch and torch-fidelity when it runs
 
     cli.add_command(fid_command)
+    from nerfgan.export.web_command import web_command  # imports click only; the site's writer when it runs
+
+    cli.add_command(web_command)
 
 
 _register_runtime_commands()
@@ -452,6 +455,9 @@ def _export_options(f: Any) -> Any:
                           "compilation for the tiny student on 2 cores."),
         click.option("--device", "aoti_device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                      help="Where the --aoti package is compiled and runs (a cuda package needs that GPU)."),
+        click.option("--web", type=click.Path(file_okay=False), default=None,
+                     help="SITE_DIR: also write a static web page that renders the export in the browser "
+                          "(ONNX Runtime Web; as `nerfgan web`)."),
         click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset."),
         click.option("--dry-run", is_flag=True, help="Print the resolved export config and exit."),
     ]
@@ -464,7 +470,7 @@ def _run_export(student_path: str, out_dir: str, fp16: bool, int8: bool, calib: 
                 int8_min_psnr: float | None,
                 int8_backend: str, trt: bool, workspace: float, triton: str | None, triton_precision: str | None,
                 triton_backend: str | None, batch_text: str | None, opset: int, dry_run: bool, aoti: bool = False,
-                aoti_device: str = "cpu") -> None:
+                aoti_device: str = "cpu", web: str | None = None) -> None:
     from nerfgan.export.pipeline import ExportConfig, export
 
     extra: dict[str, Any] = {}
@@ -477,11 +483,20 @@ def _run_export(student_path: str, out_dir: str, fp16: bool, int8: bool, calib: 
                           int8_backend=int8_backend, trt=trt, workspace_gib=workspace, triton=triton,
                           triton_precision=triton_precision, triton_backend=triton_backend, aoti=aoti,
                           aoti_device=aoti_device, **extra)
+    if web is not None:  # before any work: the site's folder may be written
+        from nerfgan.export.web import check_destination
+
+        check_destination(web, "--web", out_dir)
     if dry_run:
-        click.echo(json.dumps({"student": student_path, "out": out_dir, "export": json.loads(config.to_json())}, indent=1))
+        click.echo(json.dumps({"student": student_path, "out": out_dir, "export": json.loads(config.to_json()),
+                               "web": web}, indent=1))
         return
     manifest = export(student_path, out_dir, config, log=click.echo)
     click.echo(f"wrote {out_dir}: " + ", ".join(a["file"] for a in manifest["artifacts"]) + ", manifest.json")
+    if web is not None:
+        from nerfgan.export.web import write_site
+
+        write_site(out_dir, web, "--web", log=click.echo)
 
 
 _EXPORT_HELP = """Export a student to validated ONNX (FP32, FP16, INT8), TensorRT plans and a Triton repository.
@@ -492,6 +507,7 @@ _EXPORT_HELP = """Export a student to validated ONNX (FP32, FP16, INT8), TensorR
       {prog} --student qs/run/student.safetensors -o export --fp16 --int8 --calib qs/calib.npz
       {prog} --student qs/run/student.safetensors -o export --trt --triton repo
       {prog} --student qs/run/student.safetensors -o export --aoti --device cpu
+      {prog} --student qs/run/student.safetensors -o export --int8 --calib qs/calib.npz --web site
       {prog} --student qs/run/student.safetensors -o export --dry-run
     """
 

@@ -105,6 +105,7 @@ def dry_run_cases(tmp, student):
         "scene fit": (main, ["scene", "fit"], ("-o", "--out", "--output"), tmp / "fit", None),
         "scene score": (main, ["scene", "score", "--n", 1], ("-o", "--out", "--json"), tmp / "score.json", "out"),
         "serve": (main, ["serve", "--engine", engine], (), None, None),
+        "web": (main, ["web", "--engine", tmp / "export"], ("-o", "--out"), tmp / "site", "out"),
         "invert": (main, ["invert", tmp / "photo.png", "--student", student, "--pose", "0,0"], ("-o", "--out", "--output"),
                    tmp / "inv", "out"),
         "fid": (main, ["fid", "--engine", engine, "--reference", "tiny", "--n", 8], ("-o", "--out", "--json"),

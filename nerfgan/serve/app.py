@@ -196,9 +196,14 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
 
     page, script = ((STATIC / name).read_text("utf-8") for name in ("index.html", "viewer.js"))
 
+    from nerfgan.export.web import ISOLATION_HEADERS
+    from nerfgan.serve.client import add_client_routes
+
+    add_client_routes(app, g)  # /web/...: the viewer's client-side mode (ONNX Runtime Web in the page)
+
     @app.get("/", response_class=HTMLResponse)
-    async def viewer() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+    async def viewer() -> HTMLResponse:  # cross-origin isolated: the client-side mode may use WebAssembly threads
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache", **ISOLATION_HEADERS})
 
     @app.get("/viewer.js")
     async def viewer_js() -> Response:
