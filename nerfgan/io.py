@@ -393,3 +393,17 @@ def image_rgb8(im: object, source: str) -> np.ndarray:
         raise InputFileError(f"{source}: a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image (mode "
                              f"{im.mode}) has no fixed range; save it as 8-bit (or 16-bit) RGB or grey")
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+ANIMATION_FPS = (0.01, 100.0)
+"""Frames per second an animation nerfgan writes may have: a GIF stores each frame's time in centiseconds in 16 bits
+(at most 655.35 s, so about 0.0015 fps), and 0.01 fps (100 s a frame) is well inside that."""
+
+
+def frame_ms(fps: float, option: str = "--fps") -> int:
+    """Milliseconds of one frame at ``fps`` (at least 10, as browsers show GIFs); UsageError naming ``option`` when
+    ``fps`` is outside ANIMATION_FPS."""
+    lo, hi = ANIMATION_FPS
+    if not (isinstance(fps, (int, float)) and lo <= fps <= hi):
+        raise UsageError(f"{option}: expected a number >= {lo:g} and <= {hi:g}, got {fps!r}")
+    return max(10, round(1000 / fps))

@@ -36,7 +36,7 @@ from nerfgan.captions import caption_grid
 from nerfgan.cli import run_standalone
 from nerfgan.cli_common import AliasOption, version_option
 from nerfgan.errors import InputFileError, PoseError, UsageError
-from nerfgan.io import atomic_path, check_writable
+from nerfgan.io import ANIMATION_FPS, atomic_path, check_writable, frame_ms
 from nerfgan.runtime import Generator, load
 from nerfgan.runtime.spec import MANIFEST, read_export
 
@@ -414,7 +414,7 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
         else:
             images = [Image.fromarray(f) for f in frames]
             images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                           duration=max(10, round(1000 / fps)))
+                           duration=frame_ms(fps))
     h, w_ = frames[0].shape[:2]
     return f"wrote {path} ({w_}x{h}, {len(frames)} frames at {fps:g} fps, {_size(path)})"
 
@@ -457,7 +457,7 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
                    f"with --seeds each frame is a grid (frames x seeds at most {MAX_IMAGES}).")
 @click.option("--yaw-range", type=_Number(float, 0.0), default=None, help="--orbit yaw amplitude, degrees [20].")
 @click.option("--pitch-range", type=_Number(float, 0.0), default=None, help="--orbit pitch amplitude, degrees [14].")
-@click.option("--fps", type=_Number(float, 0.0, 100.0, lo_open=True), default=None,
+@click.option("--fps", type=_Number(float, *ANIMATION_FPS), default=None,
               help="Frames per second of a .gif/.mp4 [24].")
 @click.option("--interp", default=None, help="A,B: interpolate from seed A to seed B in --steps images.")
 @click.option("--steps", type=_Number(int, 2, MAX_FRAMES), default=None, help="--interp images [8].")

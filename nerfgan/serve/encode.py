@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from nerfgan.io import frame_ms
+
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "npy": "application/x-npy", "gif": "image/gif"}
 
 
@@ -34,5 +36,5 @@ def encode_gif(frames: np.ndarray, fps: float) -> bytes:
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                   duration=max(10, round(1000 / fps)))
+                   duration=frame_ms(fps, "fps"))
     return buf.getvalue()

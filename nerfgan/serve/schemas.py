@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nerfgan.io import ANIMATION_FPS
 from nerfgan.serve.settings import FOV_RANGE, PITCH_LIMIT, RADIUS_MAX, SEED_MAX, W_DIM_MAX, YAW_LIMIT
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
@@ -61,4 +62,4 @@ class OrbitQuery(BaseModel):
     truncation: Truncation = 0.7
     yaw_range: Annotated[float, Field(ge=0, le=YAW_LIMIT)] = 20.0
     pitch_range: Annotated[float, Field(ge=0, lt=PITCH_LIMIT)] = 14.0
-    fps: Annotated[float, Field(gt=0, le=100)] = 24.0
+    fps: Annotated[float, Field(ge=ANIMATION_FPS[0], le=ANIMATION_FPS[1])] = 24.0  # (a GIF's frame time is 16-bit)

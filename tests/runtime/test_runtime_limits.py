@@ -294,3 +294,14 @@ def test_a_w_so_large_that_the_image_is_nan_is_a_tensor_error(gen):
     with pytest.raises(TensorError, match="output image has NaN or inf values"):
         gen.render(w=np.full((1, gen.w_dim), 3e38, np.float32))
     assert gen.render(w=gen.style(seed=1)).shape == (1, gen.img_resolution, gen.img_resolution, 3)  # still serving
+
+
+def test_an_fps_below_what_a_gif_holds_is_one_line_before_rendering(export_dir, tmp_path, capsys):
+    """Issue 22 item 7: Pillow's GIF writer overflowed below about 0.0015 fps, after rendering (a traceback)."""
+    err = one_line_error(["--engine", export_dir, "--orbit", 2, "--fps", 0.001, "-o", tmp_path / "o.gif"], capsys, code=2)
+    assert "--fps: expected a number >= 0.01 and <= 100, got '0.001'" in err and not (tmp_path / "o.gif").exists()
+    from nerfgan.io import frame_ms
+
+    assert frame_ms(0.01) == 100_000 and frame_ms(100) == 10
+    with pytest.raises(UsageError, match="fps"):
+        frame_ms(0.001, "fps")
