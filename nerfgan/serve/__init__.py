@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from nerfgan.serve.settings import Limits, ServeSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fastapi import FastAPI
 
     from nerfgan.runtime import Generator
@@ -24,11 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["Limits", "ServeSettings", "create_app"]
 
 
-def create_app(generator: "Generator", limits: Limits | None = None) -> "FastAPI":
+def create_app(generator: "Generator", limits: Limits | None = None,
+               allowed_hosts: "Sequence[str] | None" = None) -> "FastAPI":
     """The ASGI app serving ``generator`` (nerfgan.serve.app.create_app); MissingDependencyError without the extra."""
     from nerfgan.serve.server import require_extra
 
     require_extra()
     from nerfgan.serve.app import create_app as make
 
-    return make(generator, limits)
+    return make(generator, limits, allowed_hosts)

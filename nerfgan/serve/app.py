@@ -26,7 +26,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nerfgan import camera
-from nerfgan.errors import NerfganError
+from nerfgan.errors import EngineError, NerfganError
 from nerfgan.runtime import Generator
 from nerfgan.runtime.spec import MANIFEST, read_export
 from nerfgan.serve.batching import BatcherClosed, MicroBatcher, QueueFull
@@ -104,6 +104,53 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise ApiError(400, f"body: not valid JSON ({str(e)[:80]})", "body") from None
 
 
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI entry of a JSON body the handler parses itself (with ``model``): what schema-driven clients and
+    tests (schemathesis) read."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _query_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI parameters of a query string the handler parses itself (with ``model``)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    return {"parameters": [{"name": name, "in": "query", "required": name in required, "schema": field}
+                           for name, field in schema["properties"].items()]}
+
+
+def _hostname(host: str) -> str:
+    """'example.org:8000' -> 'example.org', '[::1]:8000' -> '::1' (lower case)."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        return h[1:h.index("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names none of ``allowed`` is answered 400 JSON, field "host"."""
+
+    def __init__(self, app: Any, allowed: Sequence[str]) -> None:
+        self.app, self.allowed = app, {_hostname(h) for h in allowed}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+            if _hostname(host) not in self.allowed:
+                response = _error(400, f"host: {host[:80]!r} is not a name this server answers to (it answers "
+                                       f"{', '.join(sorted(self.allowed))})", "host")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (the server's http.disconnect); the body is read already."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 def _parse(model: type[M], data: Any) -> M:
     if not isinstance(data, dict):
         raise ApiError(422, f"body: expected a JSON object, got {type(data).__name__}", "body")
@@ -146,8 +193,13 @@ def _info(g: Generator, limits: Limits) -> dict[str, Any]:
     }
 
 
-def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
+def create_app(generator: Generator, limits: Limits | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The app serving ``generator`` (shared by every request; its owner closes it after the server stops).
+
+    ``allowed_hosts``: the host names a request's Host header may name (any port); another is answered 400 JSON
+    (a page of another site that DNS rebinding points at this server cannot use it). None: any (as when mounted in
+    an app that checks itself). `nerfgan serve` passes its --host and, on a loopback address, localhost's names.
+    The OpenAPI schema is not served (no docs); ``app.openapi()`` gives it, with the request bodies and queries.
 
     The viewer uses relative URLs, so the app also works mounted under a prefix (``parent.mount("/nerfgan", app)``,
     the viewer then at /nerfgan/). Its batcher's worker thread starts with the first job and stops at the app's
@@ -163,7 +215,9 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
         yield
         batcher.close()
 
-    app = FastAPI(title="nerfgan serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="nerfgan serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
     app.state.generator, app.state.batcher, app.state.limits = g, batcher, lim
 
     @app.exception_handler(ApiError)
@@ -174,13 +228,28 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return _error(e.status_code, f"{request.method} {request.url.path}: {e.detail}", None, e.headers)
 
-    async def submit(job: Job, fields: tuple[str, ...]) -> Result:
+    async def submit(job: Job, fields: tuple[str, ...], request: Request) -> Result:
+        """The job's result; a client that hangs up while its job waits takes the job out of the queue (issue 22)."""
         try:
-            return await asyncio.wrap_future(batcher.submit(job))
+            fut = batcher.submit(job)
+            done = asyncio.wrap_future(fut)
+            gone = asyncio.ensure_future(_client_gone(request))
+            try:
+                await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not done.done():
+                batcher.abandon(fut)
+                done.cancel()
+                raise ApiError(499, "client: closed the connection before the answer")  # (nobody reads it)
+            return done.result()
         except QueueFull as e:
             raise ApiError(503, str(e), None, {"Retry-After": str(e.retry_after_s)}) from None
         except BatcherClosed as e:
             raise ApiError(503, str(e)) from None
+        except EngineError as e:  # the engine failed at run time (nerfgan.runtime.backends.Backend.infer)
+            log.error("engine job failed: %s", e)
+            raise ApiError(500, str(e).splitlines()[0]) from None
         except NerfganError as e:
             raise _nerfgan_error(e, fields) from None
         except Exception as e:  # a bug or an engine failure: logged with its traceback; the server keeps serving
@@ -219,7 +288,7 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
     async def info() -> dict[str, Any]:
         return info_body
 
-    @app.post("/v1/render")
+    @app.post("/v1/render", openapi_extra=_body_doc(RenderRequest))
     async def render(request: Request) -> Response:
         req = _parse(RenderRequest, await _read_json(request, lim.max_body_bytes))
         if (req.seed is None) == (req.w is None):
@@ -233,18 +302,18 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
         yaw, pitch = (tuple(np.broadcast_to(np.asarray(v, np.float64), (n,)).tolist()) for v in (req.yaw, req.pitch))
         job = Job(seed=req.seed, w=check_w(req.w), yaw=yaw, pitch=pitch, radius=req.radius, fov=req.fov,
                   truncation=req.truncation)
-        result = await submit(job, tuple(RenderRequest.model_fields))
+        result = await submit(job, tuple(RenderRequest.model_fields), request)
         body = await run_in_threadpool(encode_images, result.images, req.format, lim.jpeg_quality)
         return Response(body, media_type=MEDIA_TYPES[req.format], headers={"X-Images": str(len(result.images))})
 
-    @app.post("/v1/style")
+    @app.post("/v1/style", openapi_extra=_body_doc(StyleRequest))
     async def style(request: Request) -> dict[str, Any]:
         req = _parse(StyleRequest, await _read_json(request, lim.max_body_bytes))
         job = Job(seed=req.seed, fov=req.fov, truncation=req.truncation)
-        result = await submit(job, tuple(StyleRequest.model_fields))
+        result = await submit(job, tuple(StyleRequest.model_fields), request)
         return {"seed": req.seed, "truncation": req.truncation, "w": result.w.tolist()}
 
-    @app.get("/v1/orbit")
+    @app.get("/v1/orbit", openapi_extra=_query_doc(OrbitQuery))
     async def orbit(request: Request) -> Response:
         items = request.query_params.multi_items()
         repeated = sorted(k for k, n in Counter(k for k, _ in items).items() if n > 1)
@@ -256,7 +325,7 @@ def create_app(generator: Generator, limits: Limits | None = None) -> FastAPI:
         offsets = camera.orbit(q.frames, q.yaw_range, q.pitch_range, pitch_offset_deg=0.0).astype(np.float64)
         job = Job(seed=q.seed, yaw=tuple(np.round(offsets[:, 0], 4).tolist()),
                   pitch=tuple(np.round(offsets[:, 1], 4).tolist()), truncation=q.truncation)
-        result = await submit(job, tuple(OrbitQuery.model_fields))
+        result = await submit(job, tuple(OrbitQuery.model_fields), request)
         body = await run_in_threadpool(encode_gif, result.images, q.fps)
         return Response(body, media_type=MEDIA_TYPES["gif"], headers={"X-Images": str(len(result.images))})
 

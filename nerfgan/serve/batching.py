@@ -6,7 +6,8 @@ with ``asyncio.wrap_future``, so the event loop never runs an engine call. The w
 to ``max_wait_s`` for more while the queued jobs hold fewer than ``max_batch`` items (``size(job)``: images), takes
 jobs from the front while they fit in ``max_batch`` (a larger job runs alone), and calls ``run_batch(jobs)`` -> one
 result per job. When a merged batch raises, each of its jobs is run alone, so a bad job fails its own request only.
-A job whose future was cancelled (its client went away) before the batch starts is dropped.
+A job whose client went away is taken out of the queue at once (:meth:`MicroBatcher.abandon`): it is never run and
+no longer holds a place in the queue (a future cancelled by other means is dropped when its batch forms).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ class BatcherClosed(Exception):
 
 @dataclass(frozen=True)
 class BatchStats:
-    """Counters since start: jobs submitted, batches run (engine jobs), jobs refused with QueueFull, queue depth."""
+    """Counters since start: jobs submitted, batches run (engine jobs), jobs refused with QueueFull, queue depth,
+    jobs abandoned by their clients before they ran."""
 
     submitted: int
     batches: int
     refused: int
     queued: int
+    abandoned: int = 0
 
 
 class MicroBatcher(Generic[J, R]):
@@ -58,7 +61,7 @@ class MicroBatcher(Generic[J, R]):
         self._queue: deque[tuple[J, Future[R]]] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._submitted = self._batches = self._refused = 0
+        self._submitted = self._batches = self._refused = self._abandoned = 0
         self._batch_seconds = 0.1  # running mean of one batch's time, for Retry-After
 
     def submit(self, job: J) -> Future[R]:
@@ -81,7 +84,19 @@ class MicroBatcher(Generic[J, R]):
 
     def stats(self) -> BatchStats:
         with self._cond:
-            return BatchStats(self._submitted, self._batches, self._refused, len(self._queue))
+            return BatchStats(self._submitted, self._batches, self._refused, len(self._queue), self._abandoned)
+
+    def abandon(self, fut: Future[R]) -> bool:
+        """The client of ``fut``'s job went away: take the job out of the queue (True), or, when it already runs,
+        let it finish unseen (False)."""
+        with self._cond:
+            for item in self._queue:
+                if item[1] is fut:
+                    self._queue.remove(item)
+                    self._abandoned += 1
+                    fut.cancel()
+                    return True
+        return False
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new jobs, fail queued ones with BatcherClosed, and wait (bounded) for the running batch."""

@@ -71,7 +71,7 @@ def run(settings: ServeSettings) -> None:
                   threads=settings.threads) as g:
             from nerfgan.serve.app import create_app
 
-            app = create_app(g, settings.limits)
+            app = create_app(g, settings.limits, allowed_hosts=settings.allowed_hosts)
             shown = ServeSettings(settings.engine, settings.precision, settings.device, settings.threads,
                                   settings.host, port, settings.limits)
             click.echo(f"nerfgan serve: {settings.engine} ({g.backend}, {g.img_resolution}x{g.img_resolution}) "

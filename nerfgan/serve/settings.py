@@ -79,6 +79,17 @@ class ServeSettings:
             return False
 
     @property
+    def allowed_hosts(self) -> list[str] | None:
+        """The Host header names the server answers to (DNS rebinding): its --host, and localhost's names on a
+        loopback address; None (any) for a wildcard address (0.0.0.0, ::), whose names cannot be known."""
+        if self.host in ("0.0.0.0", "::", ""):
+            return None
+        names = [self.host]
+        if self.loopback:
+            names += ["localhost", "127.0.0.1", "::1"]
+        return names
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"

@@ -204,6 +204,7 @@ def test_malformed_bodies(client):
     ("frames=3", "seed"), ("seed=7&frames=2&speed=3", "speed"), ("seed=7&seed=8", "seed"),
     ("seed=7&pitch_range=90", "pitch_range"), ("seed=7&yaw_range=200", "yaw_range"), ("seed=7&fps=0", "fps"),
     ("seed=7&truncation=nan", "truncation"),
+    ("seed=7&frames=2&fps=0.001", "fps"),  # issue 22: below what a GIF's 16-bit frame time holds (was a 500)
 ])
 def test_bad_orbit_queries(client, query, field):
     r = client.get(f"/v1/orbit?{query}")
@@ -298,3 +299,72 @@ def test_the_app_mounts_under_a_prefix(gen):
         assert c.get("/nerfgan/viewer.js").status_code == 200 and c.get("/nerfgan/v1/info").json()["resolution"] == 128
         r = c.post("/nerfgan/v1/render", json={"seed": 7, "yaw": 20, "pitch": -5})
         assert np.array_equal(png(r.content), gen.render(seeds=7, yaw=20, pitch=-5)[0])
+
+
+# --- issue 22 -----------------------------------------------------------------------------------------------------
+def test_the_schema_is_not_served_with_the_docs_off_but_documents_the_bodies(client):
+    r = client.get("/openapi.json")
+    assert r.status_code == 404 and r.json()["error"].startswith("GET /openapi.json")
+    schema = client.app.openapi()
+    body = schema["paths"]["/v1/render"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"seed", "w", "yaw", "pitch", "format"} <= set(body["properties"])
+    assert "fps" in {p["name"] for p in schema["paths"]["/v1/orbit"]["get"]["parameters"]}
+
+
+def test_a_host_header_of_another_name_is_refused(gen):
+    from nerfgan.serve.settings import ServeSettings
+
+    hosts = ServeSettings("e", host="127.0.0.1").allowed_hosts
+    assert hosts is not None and "localhost" in hosts and ServeSettings("e", host="0.0.0.0").allowed_hosts is None
+    with TestClient(create_app(gen, allowed_hosts=hosts), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/healthz", headers={"host": "[::1]:8000"}).status_code == 200
+        r = c.post("/v1/render", json={"seed": 1}, headers={"host": "attacker.example:8000"})
+        assert r.status_code == 400 and r.json()["field"] == "host" and "attacker.example" in r.json()["error"]
+
+
+def test_a_request_whose_client_hangs_up_is_never_rendered(gen, monkeypatch):
+    """10 requests whose clients hang up while they wait are taken out of the queue: the engine runs only the one
+    that was already running (issue 22 item 5: they all ran before, and held the queue while others got 503)."""
+    import json
+    import socket
+    import urllib.request
+
+    from nerfgan.serve.server import running
+
+    gate, entered = threading.Event(), threading.Event()
+    calls = count_engine_calls(monkeypatch, gen, gate, entered)
+    app = create_app(gen, Limits(max_batch=1, max_wait_ms=0, max_queue=16))
+    with running(app) as url, ThreadPoolExecutor(1) as pool:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+
+        def post(seed: int) -> int:
+            req = urllib.request.Request(f"{url}/v1/render", data=json.dumps({"seed": seed}).encode(),
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+
+        def stats() -> dict:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=30) as r:
+                return json.loads(r.read())
+
+        try:
+            first = pool.submit(post, 1)
+            assert entered.wait(30)
+            socks = []
+            for seed in range(2, 12):
+                body = json.dumps({"seed": seed, "yaw": [0.0] * 8}).encode()
+                s = socket.create_connection((host, int(port)), timeout=30)
+                s.sendall(b"POST /v1/render HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+                socks.append(s)
+            wait_until(lambda: stats()["queued"] == 10, "ten requests queued", hang_after_s=30)
+            for s in socks:
+                s.close()
+            wait_until(lambda: stats()["queued"] == 0, "the abandoned requests left the queue", hang_after_s=30)
+            assert stats()["abandoned"] == 10
+        finally:
+            gate.set()
+        assert first.result(60) == 200
+        assert calls == [1]  # the engine ran the first request only
