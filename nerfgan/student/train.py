@@ -641,9 +641,11 @@ class Trainer:
         """
         if steps is None and minutes is None:
             raise UsageError("give --steps or --minutes")
+        from nerfgan.malloc import keep_freed_memory
+
         try:
             self._acquire()
-            with self._stop_on_signals():
+            with self._stop_on_signals(), keep_freed_memory():
                 return self._run(steps, minutes)
         finally:
             self.close()

@@ -268,7 +268,9 @@ def make_render_set(teacher_path: str | os.PathLike[str], n: int, out_dir: str |
     plan = plan_render_set(teacher_path, n, out_dir, seed, dist, shard_size, batch_size, device)
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, what="render set folder", wait=False):
+    from nerfgan.malloc import keep_freed_memory
+
+    with folder_lock(out, what="render set folder", wait=False), keep_freed_memory():
         mark_dir(out, RENDER_SET_KIND)
         plan = plan_render_set(teacher_path, n, out_dir, seed, dist, shard_size, batch_size, device)  # (now locked)
         return _render(plan, teacher_path, n, seed, dist, batch_size, device, progress)
