@@ -59,7 +59,7 @@ def score(teacher: str, n: int = 32, seed: int = 12345, engine: str | os.PathLik
     import torch
 
     from nerfgan.sampling import PoseDistribution, draw
-    from nerfgan.scenes.family import SceneFamily
+    from nerfgan.scenes.family import SceneFamily, check_fitted_to
     from nerfgan.scenes.fit import styles
     from nerfgan.scenes.render import render
     from nerfgan.teacher.checkpoint import load_teacher, read_teacher_metadata
@@ -69,6 +69,7 @@ def score(teacher: str, n: int = 32, seed: int = 12345, engine: str | os.PathLik
     if seed < 0:
         raise UsageError(f"--seed: expected a seed >= 0, got {seed}")
     meta = read_teacher_metadata(teacher)
+    check_fitted_to(meta.get("scene_family"), f"--teacher {teacher}")
     model = load_teacher(teacher, device=device)
     family = SceneFamily()
     g = None

@@ -12,6 +12,9 @@ import click
 
 from nerfgan.cli_common import SEED, dry_run_option, echo_json, out_option
 from nerfgan.errors import UsageError
+from nerfgan.scenes.fit_config import FitConfig
+
+_FIT_DEFAULTS = FitConfig()
 
 
 @contextlib.contextmanager
@@ -55,7 +58,8 @@ def scene() -> None:
               help="Diagonal field of view in degrees (default: focal 4.2647, about 18.8 degrees).")
 @click.option("--res", "resolution", type=click.IntRange(16, 2048), default=128, show_default=True, help="Image side in pixels.")
 @out_option("output", "Image to write (.png).", required=True, type=click.Path(dir_okay=False))
-@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth (.png, near = bright).")
+@click.option("--depth", type=click.Path(dir_okay=False), default=None, help="Also write the depth (.png: a colour scale with its range in world units, "
+                   "empty pixels as a grey checker).")
 @click.option("--mask", type=click.Path(dir_okay=False), default=None, help="Also write the mask (.png, opacity).")
 @dry_run_option("Print the resolved settings as JSON; render and write nothing.")
 def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None, resolution: int, output: str,
@@ -71,7 +75,8 @@ def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None
     import torch
 
     from nerfgan import camera
-    from nerfgan.io import depth_to_uint8, save_png, to_uint8
+    from nerfgan.depth_picture import depth_picture
+    from nerfgan.io import save_png, to_uint8
     from nerfgan.sampling import z_from_seed
     from nerfgan.scenes.family import SceneFamily
     from nerfgan.scenes.render import render
@@ -97,11 +102,8 @@ def scene_render(seed: int, pose_text: str, truncation: float, fov: float | None
     save_png(output, to_uint8(gt.image[0].numpy()))
     click.echo(f"wrote {output} ({resolution}x{resolution})")
     if depth:
-        hit = gt.mask[0, 0].numpy() > 0.5
-        d = gt.depth[0, 0].numpy()
-        d = np.where(hit, d, d[hit].max() if hit.any() else d)  # background as the farthest surface
-        save_png(depth, depth_to_uint8(d))
-        click.echo(f"wrote {depth}")
+        save_png(depth, depth_picture(gt.depth[0, 0].numpy(), gt.mask[0, 0].numpy()))
+        click.echo(f"wrote {depth} (its scale in world units)")
     if mask:
         save_png(mask, np.clip(np.rint(gt.mask[0, 0].numpy() * 255), 0, 255).astype(np.uint8))
         click.echo(f"wrote {mask}")
@@ -136,10 +138,12 @@ def scene_dataset(n: int, seed: int, resolution: int, output: str, dry_run: bool
 @out_option("output", "FIT_DIR: state, log and the fitted teacher.safetensors (resumed when it holds the same fit).",
             required=True, type=click.Path(file_okay=False))
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the weights and of every step.")
-@click.option("--field-steps", type=click.IntRange(1), default=2000, show_default=True, help="Steps of the field phase.")
-@click.option("--sr-samples", type=click.IntRange(8), default=160, show_default=True,
+@click.option("--field-steps", type=click.IntRange(1), default=_FIT_DEFAULTS.field_steps, show_default=True,
+              help="Steps of the field phase.")
+@click.option("--sr-samples", type=click.IntRange(8), default=_FIT_DEFAULTS.sr_samples, show_default=True,
               help="Posed objects rendered once for the super-resolution phase.")
-@click.option("--sr-steps", type=click.IntRange(0), default=800, show_default=True, help="Steps of the super-resolution phase.")
+@click.option("--sr-steps", type=click.IntRange(0), default=_FIT_DEFAULTS.sr_steps, show_default=True,
+              help="Steps of the super-resolution phase.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and fit nothing.")
 def scene_fit(output: str, seed: int, field_steps: int, sr_samples: int, sr_steps: int, dry_run: bool) -> None:
     """Fit the tiny EG3D to the family by regression (the built-in `tiny` teacher; about an hour on 2 cores).
@@ -150,7 +154,7 @@ def scene_fit(output: str, seed: int, field_steps: int, sr_samples: int, sr_step
       nerfgan scene fit -o fit --field-steps 500 --sr-steps 200 --dry-run
     """
     from nerfgan.scenes.family import SceneConfig
-    from nerfgan.scenes.fit import FitConfig, fit
+    from nerfgan.scenes.fit import fit
 
     cfg = FitConfig(seed=seed, field_steps=field_steps, sr_samples=sr_samples, sr_steps=sr_steps)
     if dry_run:

@@ -23,10 +23,11 @@ against the fitting time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from nerfgan import camera
 from nerfgan.errors import ConfigError
 from nerfgan.io import atomic_path
 from nerfgan.scenes.family import SceneConfig, SceneFamily, projection
+from nerfgan.scenes.fit_config import FitConfig
 from nerfgan.scenes.render import render, render_rays
 from nerfgan.teacher.config import preset
 from nerfgan.teacher.generator import EG3D
@@ -57,26 +59,6 @@ density of 12 already reads as occupied, and the ray losses sharpen the surface 
 
 DECODER_LR_MUL = 5.0
 """The decoder (a 32-64-33 MLP) learns this much faster than the backbone."""
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    seed: int = 0  # fixes the initial weights and every step's objects, points and rays
-    field_steps: int = 2000  # steps of the field phase
-    sr_samples: int = 160  # posed objects rendered once for the super-resolution phase
-    sr_steps: int = 800  # steps of the super-resolution phase
-    batch: int = 4  # objects per field step (8 per super-resolution step)
-    points: int = 4096  # 3D points per object and step
-    rays: int = 256  # 64 px rays per object and step
-    lr: float = 2e-3  # Adam, betas (0.9, 0.99)
-    lr_decay_from: float = 0.5  # each phase keeps lr until this fraction of its steps, then decays it linearly
-    lr_final: float = 0.05  # ... to this fraction of lr at the phase's last step
-    psi_min: float = 0.3  # truncation of each object ~ U[psi_min, 1] (a quarter of them at exactly 1)
-    checkpoint_every: int = 100
-    eval_every: int = 250
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 # --- the mapping network, set from the family's projection ---------------------------------------
@@ -286,9 +268,10 @@ def lr_factor(cfg: FitConfig, step: int) -> float:
 
 
 def new_teacher(cfg: FitConfig, scene: SceneConfig) -> EG3D:
-    """The tiny EG3D with seeded initial weights and the mapping set from the family."""
+    """EG3D's tiny config at the fit's backbone widths, with seeded initial weights and the mapping set from
+    the family."""
     torch.manual_seed(cfg.seed)
-    model = EG3D(preset("tiny"))
+    model = EG3D(dataclasses.replace(preset("tiny"), channel_base=cfg.channel_base, channel_max=cfg.channel_max))
     set_mapping(model, scene)
     return model
 
@@ -309,7 +292,9 @@ def fit(out: Path, cfg: FitConfig, scene: SceneConfig | None = None, echo: Calla
     claim_dir(out, "scene fit", "-o", lambda p: (p / "fit_config.json").is_file())  # (fits from before owner files)
     check_writable_dir(out, "fit folder")
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, what="fit folder", wait=False):
+    from nerfgan.malloc import keep_freed_memory
+
+    with folder_lock(out, what="fit folder", wait=False), keep_freed_memory():
         mark_dir(out, "scene fit")
         return _fit(out, cfg, scene, family, echo)
 

@@ -41,7 +41,7 @@ def test_latent_is_standard_normal_and_truncation_shrinks_it_to_the_mean_object(
 
 
 def test_left_and_right_differ():
-    """The left ear (world +x) wears the stripe colour: a mirrored view is not the same picture."""
+    """The left ear (world +x) wears the pattern colour: a mirrored view is not the same picture."""
     fam = SceneFamily()
     p = fam.params(_z(7), psi=0.0)
     c = torch.from_numpy(camera.pose(0.0, 0.0, radius=2.7, pivot=(0, 0, 0.2)).reshape(1, 25).astype(np.float32))
@@ -54,7 +54,7 @@ def _sphere(radius: float) -> ObjectParams:
     return ObjectParams(origin=one(0.0, 0.0, 0.0), rotation=torch.eye(3)[None], centres=one(0.0, 0.0, 0.0)[:, None],
                         radii=one(radius, radius, radius)[:, None], colours=one(0.2, 0.6, 0.9)[:, None],
                         stripe_colour=one(0.2, 0.6, 0.9), stripe_freq=torch.tensor([10.0]),
-                        stripe_angle=torch.tensor([0.0]), stripe_phase=torch.tensor([0.0]))
+                        stripe_angle=torch.tensor([0.0]), stripe_phase=torch.tensor([0.0]), spots=torch.tensor([0.0]))
 
 
 def test_a_sphere_renders_its_closed_form_depth_and_mask():
