@@ -282,6 +282,14 @@ def serving(folder: str | os.PathLike[str], host: str = "127.0.0.1", port: int =
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=root, **kwargs)
 
+        def send_head(self) -> Any:  # nerfgan's own records (owner file, lock) are not part of the site
+            from urllib.parse import unquote, urlsplit
+
+            if any(part.startswith(".") for part in unquote(urlsplit(self.path).path).split("/")):
+                self.send_error(404)
+                return None
+            return super().send_head()
+
         def end_headers(self) -> None:
             if isolated:
                 for k, v in ISOLATION_HEADERS.items():

@@ -176,6 +176,28 @@ def test_the_site_holds_the_page_the_models_and_the_vendored_runtime(web_export)
     assert str(export) not in (site / "nerfgan-web.json").read_text()
 
 
+def test_serving_a_site_isolates_it_and_keeps_nerfgans_records_out(web_export):
+    import urllib.error
+    import urllib.request
+
+    from nerfgan.export.web import serving
+
+    site = web_export[1]
+    with serving(site) as url:
+        with urllib.request.urlopen(url + "/index.html", timeout=WAIT_S) as r:
+            assert r.read() == (site / "index.html").read_bytes()
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        with urllib.request.urlopen(url + "/ort/ort.wasm.bundle.min.mjs", timeout=WAIT_S) as r:
+            assert r.headers["Content-Type"] == "text/javascript"
+        for path in ("/.nerfgan-owner.json", "/ort/../.nerfgan-web.lock", "/%2enerfgan-owner.json"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url + path, timeout=WAIT_S)
+            assert e.value.code == 404, path
+    with serving(site, isolated=False) as url, urllib.request.urlopen(url + "/", timeout=WAIT_S) as r:
+        assert "Cross-Origin-Embedder-Policy" not in r.headers and b'id="frame"' in r.read()
+
+
 def test_a_site_is_written_again_in_place_and_files_nerfgan_did_not_write_are_kept(web_export, tmp_path):
     from nerfgan.export.web import write_site
 
