@@ -41,6 +41,10 @@ QUICKSTART_STAGE1_STEPS = 300
 within the quickstart's 5 minutes, about 500 steps on 2 cores)."""
 
 
+RENDER_SHARD = 16
+"""Samples per render-set shard: a Ctrl-C or kill during the renders loses at most this many (the set is resumed
+shard by shard)."""
+
 OWNER_KIND = "quickstart"  # nerfgan.io owner-file kind of the quickstart folder
 
 
@@ -121,11 +125,27 @@ class Quickstart:
         (self.marks / f"{stage}.json").unlink(missing_ok=True)  # killed from here on, the stage counts as not done
         self.why = why
         t0 = time.perf_counter()
-        facts = fn() or {}
+        try:
+            facts = fn() or {}
+        except KeyboardInterrupt:  # say what is kept and how to go on, before click's "Aborted."
+            self.echo(f"[{stage}] interrupted{self._kept(stage)}; run the same command again to continue")
+            raise
         seconds = time.perf_counter() - t0
         self.finish(stage, seconds, **facts)
         self.redone.append(stage)
         self.echo(f"[{stage}] {seconds:.0f} s")
+
+    def _kept(self, stage: str) -> str:
+        """What an interrupted stage leaves for the next run, as ', N of M renders kept in DIR/renders'."""
+        if stage != "renders":
+            return ""
+        try:
+            from nerfgan.teacher.renders import _read_index
+
+            done = sum(s["count"] for s in _read_index(self.out / "renders")["shards"])
+        except Exception:  # nothing written yet, or unreadable: nothing to report
+            return ""
+        return f": {done} of {self.n_renders} renders kept in {self.out / 'renders'}"
 
     # --- stages -----------------------------------------------------------------------------------
     def teacher(self) -> dict[str, Any]:
@@ -141,7 +161,7 @@ class Quickstart:
         from nerfgan.teacher.renders import make_render_set
 
         make_render_set(self.out / "teacher.safetensors", self.n_renders, self.out / "renders", seed=0,
-                        device=self.device, progress=True)
+                        device=self.device, progress=True, shard_size=self._shard_size())
         return {}
 
     def train(self) -> dict[str, Any]:
@@ -169,6 +189,15 @@ class Quickstart:
         self.echo(f"  held-out PSNR after {trainer.step} steps: {last['psnr_hr']:.2f} dB (128 px), "
                   f"{last['psnr_lr']:.2f} dB (64 px)")
         return {"steps": trainer.step, "psnr_hr": last["psnr_hr"], "psnr_lr": last["psnr_lr"]}
+
+    def _shard_size(self) -> int:
+        """RENDER_SHARD, or the shard size of the set an earlier (interrupted) quickstart began, which it continues."""
+        try:
+            from nerfgan.teacher.renders import _read_index
+
+            return int(_read_index(self.out / "renders")["shard_size"])
+        except Exception:  # no set begun yet
+            return RENDER_SHARD
 
     def calibrate(self) -> dict[str, Any]:
         from nerfgan.calibrate.calibset import make_calibration_set
