@@ -91,16 +91,18 @@ def read_bytes(path: str | os.PathLike[str], what: str, max_bytes: int) -> bytes
         raise InputFileError(f"{p}: {what} is a folder, not a file") from None
     except OSError as e:
         raise InputFileError(f"{p}: {what} unreadable ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputFileError(f"{p}: {what} is not a regular file (a FIFO, device or folder); refused")
-            if st.st_size > max_bytes:
-                raise InputFileError(f"{p}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
-            raw = f.read(max_bytes + 1)
-        except OSError as e:
-            raise InputFileError(f"{p}: {what} unreadable ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # (checked before os.fdopen, which refuses a folder with its own error)
+            raise InputFileError(f"{p}: {what} is not a regular file (a FIFO, device or folder); refused")
+        if st.st_size > max_bytes:
+            raise InputFileError(f"{p}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(min(st.st_size, max_bytes) + 1)  # (read(n) allocates n bytes first: the size, not the limit)
+    except OSError as e:
+        raise InputFileError(f"{p}: {what} unreadable ({e.strerror})") from None
+    finally:
+        os.close(fd)
     if len(raw) > max_bytes:  # (grew while read)
         raise InputFileError(f"{p}: more than the {max_bytes:,} bytes a {what} may have")
     return raw

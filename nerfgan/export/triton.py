@@ -323,7 +323,7 @@ def check_destination(repo_dir: str | os.PathLike[str], overwrite: bool) -> Path
     record = owner_record(repo) if repo.is_dir() else None
     files = record.get("files") if record is not None else None
     if isinstance(files, dict):  # (repositories from before the record are replaced as their owner file allows)
-        recorded = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+        recorded: dict[str, str | None] = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
         present = [str(f.relative_to(repo)) for f in sorted(repo.rglob("*"))
                    if (f.is_file() or f.is_symlink()) and f.name not in (OWNER_FILE, LOCK_FILE)]
         check_may_replace(repo, present, recorded, "--triton")  # the one rule (nerfgan.io.may_replace)

@@ -209,7 +209,7 @@ def read_export(export_dir: str | os.PathLike[str]) -> Manifest:
     entries = m.get("artifacts")
     if not isinstance(entries, list) or not entries:
         raise bad("artifacts must be a non-empty list")
-    arts = []
+    arts: list[Artifact] = []
     for k, a in enumerate(entries):
         where = f"artifacts[{k}]"
         if not isinstance(a, dict):
@@ -319,7 +319,7 @@ def read_checked(path: Path, art: Artifact | None, source: Path | None = None,
             if size > limit:
                 raise InputFileError(f"{path}: {size} bytes, more than {limit} (an ONNX file keeps larger weights in "
                                      "external data files)")
-            data = f.read(limit + 1)
+            data = f.read(min(size, limit) + 1)  # (read(n) allocates n bytes first: the size, not the limit)
     except OSError as e:
         raise InputFileError(f"{path}: unreadable ({e.strerror})") from None
     if art is not None:

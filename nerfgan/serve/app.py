@@ -233,9 +233,10 @@ def create_app(generator: Generator, limits: Limits | None = None, allowed_hosts
         try:
             fut = batcher.submit(job)
             done = asyncio.wrap_future(fut)
-            gone = asyncio.ensure_future(_client_gone(request))
+            gone: asyncio.Future[Any] = asyncio.ensure_future(_client_gone(request))
+            waiters: set[asyncio.Future[Any]] = {done, gone}
             try:
-                await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
             if not done.done():
