@@ -294,6 +294,24 @@ def per_engine(values: Sequence[str | None], n: int, option: str) -> list[str | 
     return list(values) * n if len(values) == 1 else (list(values) or [None] * n)
 
 
+def check_replaceable_report(path: str | os.PathLike[str]) -> None:
+    """-o may name a new file or an earlier bench report (replaced); any other file (a training run's config.json,
+    say) is refused in one line before any work, nothing touched."""
+    from nerfgan.errors import InputFileError, OutputError
+    from nerfgan.jsonfile import read_json
+
+    p = Path(path)
+    if not os.path.lexists(p):
+        return
+    try:
+        doc = read_json(p, "bench report", 64 << 20)
+    except InputFileError:
+        doc = None
+    if not (isinstance(doc, dict) and doc.get("format") == BENCH_FORMAT):
+        raise OutputError(f"-o {p}: exists and is not a nerfgan bench report; give a new file name (bench replaces "
+                          "only its own reports) - nothing was changed")
+
+
 def run_bench(teacher: str, engines: Sequence[str], precisions: Sequence[str | None] = (),
               batches: Sequence[int] = (1, 4, 16), device: str = "auto", runs: int = 5, warmup: int = 2,
               log: Callable[[str], None] = print, allow_other_teacher: bool = False,
@@ -493,6 +511,7 @@ def bench_command(teacher: str, engines: tuple[str, ...], precisions: tuple[str,
         return
     if json_path:
         check_writable(json_path, "-o/--out file")
+        check_replaceable_report(json_path)
     result = run_bench(teacher, engines, precisions, batches, device, runs, warmup,
                        log=lambda s: click.echo(s, err=True), allow_other_teacher=allow_other_teacher, backends=backends)
     click.echo(table_text(result))

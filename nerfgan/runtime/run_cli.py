@@ -270,6 +270,9 @@ def check_engine(path: str, precision: str | None) -> None:
 def check_outputs(plan: Plan) -> None:
     """Every output path can be written (nerfgan.io.check_writable): one error line now, not after rendering."""
     for out in plan.outputs:
+        parent = Path(out).parent
+        if not parent.is_dir():  # (README: a missing folder is an error, not made)
+            raise UsageError(f"-o {out}: the folder {parent} does not exist; make it first")
         check_writable(out)
 
 
@@ -424,7 +427,9 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 @version_option("nerfgan-run")
 @click.option("--engine", required=True, help="An export folder (manifest.json), a student .onnx (mapping.onnx "
               "beside it), a TensorRT student.plan, an AOTInductor student.pt2 (nerfgan-export --aoti; runs "
-              "PyTorch), or a student .safetensors (runs PyTorch).")
+              "PyTorch), or a student .safetensors (runs PyTorch). A .pt2 package and a TensorRT plan are native code (a "
+              "shared library, a GPU engine) that runs as this process: load only files you exported; ONNX and "
+              ".safetensors files hold data only.")
 @click.option("--precision", type=_Choice("fp32", "fp16", "int8"), default=None, metavar="[fp32|fp16|int8]",
               help="Which student of an export folder (default fp32).")
 @click.option("--device", type=_Choice("auto", "cpu", "cuda"), default="auto", show_default=True,

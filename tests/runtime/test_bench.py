@@ -133,3 +133,18 @@ def test_each_engine_row_says_how_far_its_images_are_from_the_fp32_student(expor
     rows = {r["model"]: r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["engine 1"]["psnr_vs_fp32"] == pytest.approx(int8, abs=1e-6)  # the folder's FP32 student again
     assert rows["engine 2"]["psnr_vs_fp32"] is None
+
+
+def test_o_refuses_to_replace_a_file_that_is_not_a_bench_report(export_dir, tmp_path, capsys):
+    """Issue 22: `bench -o run/config.json` replaced a training run's config silently."""
+    from nerfgan.runtime.bench import BENCH_FORMAT, check_replaceable_report
+
+    config = tmp_path / "config.json"
+    config.write_text('{"train": {"steps": 5}}')
+    code, _, err = run(["--teacher", "tiny", "--engine", export_dir, "--batch", "1", "-o", config], capsys)
+    assert code == 1 and "not a nerfgan bench report" in err and len(err.strip().splitlines()) == 1
+    assert config.read_text() == '{"train": {"steps": 5}}'
+    earlier = tmp_path / "bench.json"
+    earlier.write_text(json.dumps({"format": BENCH_FORMAT, "rows": []}))
+    check_replaceable_report(earlier)  # an earlier report may be replaced
+    check_replaceable_report(tmp_path / "new.json")

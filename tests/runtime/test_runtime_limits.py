@@ -305,3 +305,15 @@ def test_an_fps_below_what_a_gif_holds_is_one_line_before_rendering(export_dir, 
     assert frame_ms(0.01) == 100_000 and frame_ms(100) == 10
     with pytest.raises(UsageError, match="fps"):
         frame_ms(0.001, "fps")
+
+
+def test_o_in_a_missing_folder_is_one_line_and_makes_no_folder(export_dir, tmp_path, capsys):
+    """Issue 22: nerfgan-run -o nodir/x.png made the folder, though README says a missing folder is an error."""
+    err = one_line_error(["--engine", export_dir, "--seed", 1, "-o", tmp_path / "nodir" / "x.png"], capsys, code=2)
+    assert "nodir does not exist" in err and not (tmp_path / "nodir").exists()
+
+
+def test_help_says_which_engine_files_run_native_code(capsys):
+    code, out, _ = invoke(main, ["--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "A .pt2 package and a TensorRT plan are native code" in text
