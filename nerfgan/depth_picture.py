@@ -36,7 +36,7 @@ def colour_scale(t: np.ndarray) -> np.ndarray:
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR),
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR),
                       dtype=np.float64)
 
 

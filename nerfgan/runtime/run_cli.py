@@ -468,6 +468,12 @@ def write_animation(path: str, frames: list[np.ndarray], fps: float) -> str:
 @click.option("--steps", type=_Number(int, 2, MAX_FRAMES), default=None, help="--interp images [8].")
 @click.option("--space", type=_Choice("w", "z"), default=None, metavar="[w|z]",
               help="--interp: lerp in w (default) or slerp in z.")
+@click.option("--mix", default=None, help="A,B: style mixing, coarse layers from seed A, fine from seed B (a student "
+              ".safetensors engine: its per-layer codes are inside an exported graph).")
+@click.option("--mix-from", type=_Number(int, 1), default=None,
+              help="--mix: the first of the student's synthesis layers taken from B [half of them].")
+@click.option("--teacher", "teacher_path", default=None,
+              help="--mix: also mix in this teacher (TEACHER.safetensors or 'tiny'), a row below the student's.")
 @click.option("--batch", type=_Number(int, 1), default=8, show_default=True, help="Images per engine call.")
 @click.option("-o", "--out", "--output", "output", cls=AliasOption, hidden_names=("--output",), required=True,
               help="File to write: .png (image, grid, strip), .gif or .mp4.")
@@ -476,7 +482,8 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, ba
         openvino_precision: str | None, pose_text: str, seed: int | None,
         seeds_text: str | None, grid: bool, cols: int | None, truncation: float, fov: float | None, orbit: int | None,
         yaw_range: float | None, pitch_range: float | None, fps: float | None, interp: str | None, steps: int | None,
-        space: str | None, batch: int, output: str, dry_run: bool) -> None:
+        space: str | None, mix: str | None, mix_from: int | None, teacher_path: str | None, batch: int, output: str,
+        dry_run: bool) -> None:
     """Render images, seed grids, orbit animations or latent interpolations from an exported student.
 
     \b
@@ -489,7 +496,13 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, ba
       nerfgan-run --engine qs/export --precision int8 --seed 7 -o view.png --dry-run
       nerfgan-run --engine qs/export --backend openvino --seed 7 -o view.png
       nerfgan-run --engine qs/export --backend pt2 --seed 7 -o view.png
+      nerfgan-run --engine qs/run/student.safetensors --mix 3,5 --mix-from 4 --teacher qs/teacher.safetensors -o mix.png
     """
+    if mix is not None or mix_from is not None or teacher_path is not None:
+        _run_mix(engine, mix, mix_from, teacher_path, pose_text, truncation, output, dry_run,
+                 others={"--seed": seed, "--seeds": seeds_text, "--grid": grid or None, "--orbit": orbit,
+                         "--interp": interp, "--precision": precision, "--backend": backend})
+        return
     plan = make_plan(engine, precision, device, threads, pose_text, seed, seeds_text, truncation, fov, output, grid,
                      cols, orbit, yaw_range, pitch_range, fps, interp, steps, space, batch, backend, openvino_precision)
     check_engine(engine, precision)
@@ -502,6 +515,38 @@ def run(engine: str, precision: str | None, device: str, threads: int | None, ba
         check_memory(g, plan)
         for line in execute(g, plan):
             click.echo(line)
+
+
+def _run_mix(engine: str, mix: str | None, mix_from: int | None, teacher_path: str | None, pose_text: str,
+             truncation: float, output: str, dry_run: bool, others: dict[str, Any]) -> None:
+    """nerfgan-run --mix: a captioned PNG of seeds A, B and their mix, the student's row and the teacher's."""
+    if mix is None:
+        raise UsageError("--mix-from and --teacher work with --mix A,B only")
+    given = [k for k, v in others.items() if v is not None]
+    if given:
+        raise UsageError(f"--mix A,B names its seeds and renders the PyTorch student: drop {', '.join(given)}")
+    ends = parse_seeds(mix, "--mix")
+    if len(ends) != 2 or ends[0] == ends[1]:
+        raise UsageError(f"--mix: expected two different seeds A,B, got {mix!r}")
+    if not engine.endswith(".safetensors"):
+        raise UsageError(f"--engine {engine}: --mix needs the student's .safetensors (an exported graph takes w alone; "
+                         "the per-layer codes it mixes are inside it)")
+    if not output.lower().endswith(".png"):
+        raise UsageError(f"-o {output}: --mix writes a .png")
+    yaw, pitch, _ = camera.parse_pose(pose_text)
+    if dry_run:
+        click.echo(json.dumps({"mode": "mix", "engine": engine, "seeds": ends, "mix_from": mix_from,
+                               "teacher": teacher_path, "yaw": yaw, "pitch": pitch, "truncation": truncation}))
+        return
+    check_writable(output, "image")
+    from nerfgan.student.checkpoint import load_student
+    from nerfgan.io import save_png
+    from nerfgan.student.mixing import mix_grid
+
+    k = mix_from if mix_from is not None else int(load_student(engine).synthesis.num_ws) // 2
+    save_png(output, mix_grid(engine, (ends[0], ends[1]), k, yaw, pitch, truncation, teacher_path))
+    click.echo(f"wrote {output}: seeds {ends[0]} and {ends[1]} mixed from the student's layer {k}"
+               + (f", with the teacher {teacher_path}" if teacher_path else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
