@@ -340,28 +340,35 @@ def train(teacher_path: str, run_dir: str, preset: str, renders: str | None, ref
 @cli.command("quickstart", short_help="Start here: the whole pipeline on the built-in teacher.")
 @out_option("out_dir", "DIR for everything the pipeline makes.", default="quickstart", show_default=True,
             type=click.Path(file_okay=False))
-@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
-              help="Distillation time.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Distillation steps (default 600: the same student on any machine, however busy).")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Distil for this much training time instead of --steps (the student then depends on the "
+                   "machine's speed; the summary warns when it ends early).")
 @click.option("--renders", "n_renders", type=click.IntRange(8), default=192, show_default=True,
               help="Teacher renders to distil from.")
 @click.option("--force", is_flag=True, help="Redo every stage instead of reusing finished ones.")
 @dry_run_option("Print the resolved settings and which stages would run as JSON; make nothing.")
 @DEVICE
-def quickstart(out_dir: str, minutes: float, n_renders: int, force: bool, dry_run: bool, device: str) -> None:
+def quickstart(out_dir: str, steps: int | None, minutes: float | None, n_renders: int, force: bool, dry_run: bool,
+               device: str) -> None:
     """The whole pipeline on the built-in teacher: distil, export, render, check parity and ground truth, benchmark.
 
     \b
     Examples:
       nerfgan quickstart -o qs
-      nerfgan quickstart -o qs --minutes 1 --renders 64
+      nerfgan quickstart -o qs --steps 200 --renders 64
+      nerfgan quickstart -o qs --minutes 2      # a time budget instead of steps
       nerfgan quickstart -o qs --force          # redo every stage
     """
     from nerfgan.quickstart import STAGES, Quickstart
 
-    q = Quickstart(out_dir, minutes, n_renders, force, _device(device))
+    if steps is not None and minutes is not None:
+        raise UsageError("--steps and --minutes: give one training budget, not both")
+    q = Quickstart(out_dir, minutes, n_renders, force, _device(device), steps=steps)
     if dry_run:
-        echo_json({"out": out_dir, "minutes": minutes, "renders": n_renders, "force": force, "device": q.device,
-                   "stages": {s: "reuse" if q.done(s) else "run" for s in STAGES}})
+        echo_json({"out": out_dir, "steps": q.steps, "minutes": q.minutes, "renders": n_renders, "force": force,
+                   "device": q.device, "stages": {s: "reuse" if q.done(s) else "run" for s in STAGES}})
         return
     q.run()
     q.summary()

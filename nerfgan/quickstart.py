@@ -6,16 +6,17 @@ known, so the student is judged against its teacher AND against the ground truth
 
 Stages, each written into DIR and reused by a later run with the same settings. A stage is done when its
 marker DIR/.quickstart/<stage>.json records the settings it depends on (its own option and those of the stages
-before it: --renders from `renders` on, --minutes from `train` on, except `calibrate`, whose samples hold no
-student); a changed option redoes exactly the stages that depend on it, and each redone stage says why. A changed --minutes or --renders trains a new student from
+before it: --renders from `renders` on, the budget (--steps or --minutes) from `train` on, except `calibrate`, whose samples hold no
+student); a changed option redoes exactly the stages that depend on it, and each redone stage says why. A changed budget or --renders trains a new student from
 scratch (the student then depends on the settings only, never on earlier calls); a killed or Ctrl-C'd run with
 the same settings continues from its checkpoint. ``--force`` redoes every stage; in DIR/run it removes only what
 nerfgan runs wrote there. A folder that is not nerfgan's is refused before any work:
 
     teacher     DIR/teacher.safetensors      the built-in teacher, copied from the package
     renders     DIR/renders/                 the teacher rendered once for --renders samples (resumable)
-    train       DIR/run/student.safetensors  a student distilled for --minutes (resumes a killed run); the
-                                             adversarial stage starts after QUICKSTART_STAGE1_STEPS steps
+    train       DIR/run/student.safetensors  a student distilled for QUICKSTART_STEPS steps (--steps), or for
+                                             --minutes of training time; resumes a killed run; the adversarial
+                                             stage starts after QUICKSTART_STAGE1_STEPS steps
     calibrate   DIR/calib.npz                32 held-out teacher renders (at most --renders): INT8 calibration and its gate
     export      DIR/export/                  mapping.onnx, student.onnx, student_int8.onnx, manifest.json
     images      DIR/views.png, DIR/orbit.gif four seeds at three yaws, and a camera orbit, via nerfgan.runtime
@@ -37,8 +38,16 @@ import click
 STAGES = ("teacher", "renders", "train", "calibrate", "export", "images", "parity", "score", "bench")
 
 QUICKSTART_STAGE1_STEPS = 300
-"""Reconstruction-only steps before the adversarial loss joins (the tiny preset's 1500 would never end
-within the quickstart's 5 minutes, about 500 steps on 2 cores)."""
+"""Reconstruction-only steps before the adversarial loss joins (the tiny preset's 1500 would take most of an
+hour on 2 cores)."""
+
+QUICKSTART_STEPS = 600
+"""The quickstart's training budget: steps, not minutes, so a slower or busier machine makes the same student
+later instead of a worse one now (about 5 minutes on 2 quiet cores)."""
+
+USUAL_PSNR_DB = 24.0
+"""A --minutes run whose held-out PSNR ends below this is warned about: below what the default step budget
+gives (README, "Run")."""
 
 
 RENDER_SHARD = 16
@@ -59,13 +68,14 @@ def _same_run(run: Path, cfg: Any) -> bool:
 
 
 class Quickstart:
-    def __init__(self, out: str, minutes: float, renders: int, force: bool, device: str,
+    def __init__(self, out: str, minutes: float | None, renders: int, force: bool, device: str,
                  echo: Callable[[str], Any] = click.echo, steps: int | None = None) -> None:
-        """``steps``: train this many steps instead of for --minutes (scripts and tests that need the same
-        student on any machine; not a CLI option). It is one of the train stage's settings."""
+        """The training budget: ``steps`` steps when given, else ``minutes`` of training time (--minutes),
+        else QUICKSTART_STEPS steps. It is one of the train stage's settings."""
         self.out = Path(out)
-        self.minutes, self.n_renders, self.force, self.device, self.echo = minutes, renders, force, device, echo
-        self.steps = steps
+        self.n_renders, self.force, self.device, self.echo = renders, force, device, echo
+        self.steps = steps if steps is not None or minutes is not None else QUICKSTART_STEPS
+        self.minutes = minutes if self.steps is None else None
         self.marks = self.out / ".quickstart"
         self.redone: list[str] = []  # stages run by this call
         self.reused: list[str] = []  # stages whose earlier result was valid for these settings
@@ -79,9 +89,10 @@ class Quickstart:
         if k >= STAGES.index("renders"):
             settings["renders"] = self.n_renders
         if k >= STAGES.index("train") and stage != "calibrate":  # calibration samples are teacher renders and the
-            settings["minutes"] = self.minutes                      # frozen teacher mapping's codes: no student in them
-            if self.steps is not None:
+            if self.steps is not None:                               # frozen teacher mapping's codes: no student in them
                 settings["steps"] = self.steps
+            else:
+                settings["minutes"] = self.minutes
         return settings
 
     def _marker(self, stage: str) -> dict[str, Any] | None:
@@ -170,8 +181,8 @@ class Quickstart:
         from nerfgan.teacher.checkpoint import load_teacher
 
         run = self.out / "run"
-        cfg = train_preset("tiny", eval_every=0, n_eval=8, eval_minutes=(self.minutes / 2,),
-                           stage1_steps=QUICKSTART_STAGE1_STEPS)
+        cfg = train_preset("tiny", eval_every=0, n_eval=8, stage1_steps=QUICKSTART_STAGE1_STEPS,
+                           eval_minutes=() if self.minutes is None else (self.minutes / 2,))
         # A run killed with these very settings continues; any other (--force, another --minutes or --renders)
         # starts again from scratch, so the student depends on the settings only, never on earlier calls.
         resume = self.why == "not done yet" and _same_run(run, cfg)
@@ -186,9 +197,28 @@ class Quickstart:
                      resume_hint="run the same quickstart command again (without --force) to continue") as trainer:
             rows = trainer.run(steps=self.steps) if self.steps is not None else trainer.run(minutes=self.minutes)
         last = rows[-1]
+        facts = {"steps": trainer.step, "stage2_steps": max(0, trainer.step - cfg.stage1_steps),
+                 "psnr_hr": last["psnr_hr"], "psnr_lr": last["psnr_lr"], "seconds_training": trainer.train_seconds}
         self.echo(f"  held-out PSNR after {trainer.step} steps: {last['psnr_hr']:.2f} dB (128 px), "
                   f"{last['psnr_lr']:.2f} dB (64 px)")
-        return {"steps": trainer.step, "psnr_hr": last["psnr_hr"], "psnr_lr": last["psnr_lr"]}
+        for line in self.budget_warnings(facts):
+            self.echo("  warning: " + line)
+        return facts
+
+    def budget_warnings(self, facts: dict[str, Any]) -> list[str]:
+        """What a --minutes run should be told about its student: it stopped before the adversarial stage, or
+        below the usual quality (a step budget has neither problem: it trains the same student on any machine)."""
+        if self.minutes is None:
+            return []
+        out = []
+        if facts["steps"] <= QUICKSTART_STAGE1_STEPS:
+            out.append(f"--minutes {self.minutes:g} ended after {facts['steps']} steps, before the adversarial stage "
+                       f"(from step {QUICKSTART_STAGE1_STEPS}): this machine was slower or busier than the budget "
+                       f"assumes; leave out --minutes (a budget of {QUICKSTART_STEPS} steps) for the usual student")
+        if facts["psnr_hr"] < USUAL_PSNR_DB:
+            out.append(f"the student's held-out PSNR, {facts['psnr_hr']:.2f} dB, is below the usual "
+                       f"{USUAL_PSNR_DB:g} dB of the default step budget")
+        return out
 
     def _shard_size(self) -> int:
         """RENDER_SHARD, or the shard size of the set an earlier (interrupted) quickstart began, which it continues."""
@@ -318,6 +348,13 @@ class Quickstart:
             ("bench.json", "images/s of the teacher and each engine"),
         ]
         self.echo(f"\nnerfgan quickstart: made in {o}/")
+        train = self._marker("train") or {}
+        if "steps" in train:
+            n, n2 = int(train["steps"]), int(train.get("stage2_steps", 0))
+            stages = (f"{n - n2} reconstruction + {n2} adversarial" if n2 else f"{n} reconstruction only, no adversarial")
+            self.echo(f"  student: {n} steps ({stages}), held-out PSNR {float(train['psnr_hr']):.2f} dB vs the teacher")
+            for line in self.budget_warnings(train):
+                self.echo("  warning: " + line)
         if self.reused:
             self.echo(f"  redone: {', '.join(self.redone) or 'nothing'}; reused: {', '.join(self.reused)}")
         elif self.redone:

@@ -58,6 +58,9 @@ def test_quickstart_makes_everything_then_reuses_it(tmp_path, capsys):
     bench = json.loads((out / "bench.json").read_text())
     assert {r["model"] for r in bench["rows"]} >= {"teacher"} and len(bench["rows"]) >= 8
     assert "nerfgan quickstart: made in" in stdout and "nerfgan-run --engine" in stdout
+    # the summary says how many steps ran in which stage, and a --minutes run that ended in stage 1 is warned about
+    assert "reconstruction only, no adversarial" in stdout
+    assert "before the adversarial stage" in stdout and "leave out --minutes" in stdout
     marks = sorted(p.stem for p in (out / ".quickstart").glob("*.json"))
     assert marks == sorted(["teacher", "renders", "train", "calibrate", "export", "images", "parity", "score", "bench"])
     score = json.loads((out / "score.json").read_text())
@@ -76,3 +79,26 @@ def test_quickstart_bad_options(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, _, err = run(["quickstart", "-o", tmp_path / "file", "--minutes", "0.05"], capsys)
     assert code == 2 and "file" in err and "Traceback" not in err
+
+
+def test_quickstart_budget_is_steps_by_default_and_one_budget_at_most(tmp_path, capsys):
+    from nerfgan.quickstart import QUICKSTART_STEPS
+
+    code, stdout, _ = run(["quickstart", "-o", tmp_path / "q", "--dry-run"], capsys)
+    settings = json.loads(stdout)
+    assert code == 0 and settings["steps"] == QUICKSTART_STEPS and settings["minutes"] is None
+    code, stdout, _ = run(["quickstart", "-o", tmp_path / "q", "--minutes", "2", "--dry-run"], capsys)
+    assert code == 0 and json.loads(stdout)["steps"] is None and json.loads(stdout)["minutes"] == 2
+    code, _, err = run(["quickstart", "-o", tmp_path / "q", "--minutes", "2", "--steps", "10"], capsys)
+    assert code == 2 and "--steps and --minutes" in err and "Traceback" not in err
+
+
+def test_a_step_budget_is_never_warned_about_and_a_short_time_budget_is():
+    from nerfgan.quickstart import QUICKSTART_STAGE1_STEPS, USUAL_PSNR_DB, Quickstart
+
+    low = {"steps": QUICKSTART_STAGE1_STEPS - 1, "psnr_hr": USUAL_PSNR_DB - 1}
+    assert Quickstart("q", None, 8, False, "cpu", steps=50).budget_warnings(low) == []
+    warned = Quickstart("q", 1.0, 8, False, "cpu").budget_warnings(low)
+    assert len(warned) == 2 and "before the adversarial stage" in warned[0] and "below the usual" in warned[1]
+    assert Quickstart("q", 1.0, 8, False, "cpu").budget_warnings(
+        {"steps": QUICKSTART_STAGE1_STEPS + 1, "psnr_hr": USUAL_PSNR_DB + 1}) == []
