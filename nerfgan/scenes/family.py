@@ -19,8 +19,8 @@ the pattern colour and the right one in the ear colour (so left and right can be
 nose toward +z, a button to a snout; two dark eyes, each with a white glint (a mark of about 2 px
 at 128 px, 1 px at 64 px: detail the super-resolution must carry). Every colour's lightness and hue
 vary with u. The body wears a pattern laid out in the world's x-y plane (the plane EG3D's tri-planes
-hold directly, so the turn of the body does not mix z into it): stripes of 6.5-12 cm (13-24 px at
-128 px) at an angle, blending into a grid of dots as u changes. Outside all parts the field is
+hold directly, so the turn of the body does not mix z into it): diagonal stripes of 9.5 cm (19 px at
+128 px) in any phase, blending into a grid of dots as u changes. Outside all parts the field is
 empty, so the background renders black, as an EG3D field without ``white_back``.
 
 This is version 2 of the family (``SceneConfig.version``). Version 1 (16 latents, stripes in the body frame,
@@ -50,6 +50,12 @@ FAMILY_VERSION = 2
 
 PARTS = ("body", "ear_left", "ear_right", "nose", "eye_left", "eye_right")
 """The K = 6 parts, in order; every part is an axis-aligned ellipsoid in the body frame."""
+STRIPE_PERIOD = 0.095
+"""The pattern's period (world units): 19 px at 128 px, 9.5 px at the 64 px rendering."""
+STRIPE_ANGLE = 0.35
+"""The direction across the stripes, radians from world +x toward +y (the same for every object: the
+objects' patterns differ in phase, in stripes or dots, and in colours, a family a generator's modulated
+convolutions draw as blends of a few fixed patterns)."""
 EYES = (4, 5)
 """The parts that carry a glint."""
 
@@ -148,7 +154,7 @@ def object_params(u: torch.Tensor) -> ObjectParams:
 
     Which latent moves what: 0-2 body size, 3 roll, 4 turn, 5-6 position, 7-10 ears (spread, size, height,
     shape), 11-13 nose (length, height, width), 14-15 eyes (spacing, size), 16-18 body colour, 19-21 pattern
-    colour, 22-24 ear colour, 25-27 nose colour, 28-31 pattern (period, angle, phase, stripes or dots).
+    colour, 22-24 ear colour, 25-27 nose colour, 30-31 pattern (phase; stripes or dots); 28-29 are unused.
     """
     B = u.shape[0]
     t = torch.tanh(0.6 * u)  # (B, L) in (-1, 1), ~ +-0.4 at the default truncation
@@ -158,23 +164,23 @@ def object_params(u: torch.Tensor) -> ObjectParams:
         return torch.tensor(v, dtype=torch.float32, device=dev).expand(B, len(v))
 
     # Body: an ellipsoid, tilted by roll (about z) and turn (about y); from round to tall or wide.
-    body_r = f(0.165, 0.185, 0.16) * (1 + f(0.3, 0.3, 0.25) * t[:, 0:3])
-    roll, turn = 0.3 * t[:, 3], 0.35 * t[:, 4]
+    body_r = f(0.165, 0.185, 0.16) * (1 + f(0.22, 0.22, 0.18) * t[:, 0:3])
+    roll, turn = 0.25 * t[:, 3], 0.3 * t[:, 4]
     rotation = _rot_y(turn) @ _rot_z(roll)
     origin = f(0.0, -0.02, 0.03) + 0.025 * torch.stack([t[:, 5], t[:, 6], torch.zeros_like(t[:, 5])], -1)
 
     # Ears on top of the body, spread sideways: small and round to large and tall (cat-like).
-    ear_spread = 0.55 + 0.2 * t[:, 7]  # fraction of the body's half-width
-    ear_size = 0.055 * (1 + 0.55 * t[:, 8])
+    ear_spread = 0.55 + 0.15 * t[:, 7]  # fraction of the body's half-width
+    ear_size = 0.055 * (1 + 0.4 * t[:, 8])
     ear_height = 0.78 + 0.1 * t[:, 9]
-    ear_tall = 1.6 + 0.9 * t[:, 10]  # height / width of an ear
+    ear_tall = 1.55 + 0.6 * t[:, 10]  # height / width of an ear
     ear_l = torch.stack([ear_spread * body_r[:, 0], ear_height * body_r[:, 1], -0.1 * body_r[:, 2]], -1)
     ear_r = ear_l * f(-1.0, 1.0, 1.0)
     ear_shape = torch.stack([ear_size * 0.85, ear_size * ear_tall, ear_size * 0.7], -1)
     ear_l_r, ear_r_r = ear_shape * 1.06, ear_shape * 0.96
 
     # Nose toward +z, below the centre: a button to a snout.
-    nose_len = 0.075 * (1 + 0.6 * t[:, 11])
+    nose_len = 0.075 * (1 + 0.45 * t[:, 11])
     nose_c = torch.stack([torch.zeros_like(nose_len), -0.15 * body_r[:, 1] + 0.035 * t[:, 12],
                           body_r[:, 2] * 0.93], -1)
     nose_r = torch.stack([0.042 * (1 + 0.4 * t[:, 13]), 0.036 * torch.ones_like(nose_len), nose_len], -1)
@@ -201,9 +207,9 @@ def object_params(u: torch.Tensor) -> ObjectParams:
     return ObjectParams(
         origin=origin, rotation=rotation, centres=centres, radii=radii, colours=colours,
         stripe_colour=stripe_col,
-        stripe_freq=2 * math.pi / (0.095 * (1 + 0.3 * t[:, 28])),  # a period of 6.5-12 cm: 13-24 px at 128 px
-        stripe_angle=1.4 * torch.tanh(0.8 * u[:, 29]),
-        stripe_phase=3.0 * t[:, 30],
+        stripe_freq=torch.full((B,), 2 * math.pi / STRIPE_PERIOD, device=dev),
+        stripe_angle=torch.full((B,), STRIPE_ANGLE, device=dev),
+        stripe_phase=math.pi * torch.tanh(0.8 * u[:, 30]),
         spots=torch.sigmoid(2.5 * u[:, 31]),
     )
 

@@ -57,6 +57,9 @@ OCC_STEP = 0.06
 densities of hundreds from the start, which equalised-lr Adam reaches only after many steps; at 6 cm a
 density of 12 already reads as occupied, and the ray losses sharpen the surface from there."""
 
+RAY_WEIGHT = 1.0
+"""Weight of the L1 colour of the 64 px rays (the image the super-resolution starts from)."""
+
 DECODER_LR_MUL = 5.0
 """The decoder (a 32-64-33 MLP) learns this much faster than the backbone."""
 
@@ -195,7 +198,7 @@ def field_loss(model: EG3D, family: SceneFamily, cfg: FitConfig, step: int) -> t
     l_mask = (mask_t - mask_g).abs().mean()
     hit = (mask_g > 0.5).float()
     l_depth = ((depth_w - depth_g * mask_g).abs() * hit).sum() / hit.sum().clamp_min(1)
-    loss = l_occ + l_col + 0.5 * l_ray + 0.5 * l_mask + 2.0 * l_depth
+    loss = l_occ + l_col + RAY_WEIGHT * l_ray + 0.5 * l_mask + 2.0 * l_depth
     return loss, {"occ": l_occ.item(), "col": l_col.item(), "ray": l_ray.item(), "mask": l_mask.item(),
                   "depth": l_depth.item()}
 

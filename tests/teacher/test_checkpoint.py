@@ -110,16 +110,22 @@ def test_save_is_atomic_and_leaves_no_temporary(imported, tmp_path):
 
 
 def test_builtin_tiny_teacher_is_the_fixture_architecture_fitted_to_the_scene_family(reference):
-    """Same config (so every upstream-format test applies), other weights, and the fit travels in the file."""
+    """The fixture's config with a wider backbone (the fit's channel_base / channel_max: tri-planes with room for
+    the family's pattern), so the same modules and keys as every upstream-format test; other weights; and the
+    fit travels in the file."""
+    import dataclasses
     import json
 
     model = load_teacher("tiny")
-    assert model.config == reference.config
+    meta = read_teacher_metadata("tiny")
+    fit = json.loads(meta["fit_config"])
+    assert model.config == dataclasses.replace(reference.config, channel_base=fit["channel_base"],
+                                               channel_max=fit["channel_max"])
     assert set(model.state_dict()) == set(reference.state)
     assert not torch.equal(model.state_dict()["decoder.net.0.weight"], reference.state["decoder.net.0.weight"])
-    meta = read_teacher_metadata("tiny")
-    assert json.loads(meta["scene_family"])["latent_dim"] == 16
-    assert json.loads(meta["fit_config"])["field_steps"] > 0
+    family = json.loads(meta["scene_family"])
+    assert family["latent_dim"] == 32 and family["version"] == 2  # the family this nerfgan builds
+    assert fit["field_steps"] > 0
 
 
 def test_builtin_name_does_not_shadow_an_existing_file(tmp_path, monkeypatch):
