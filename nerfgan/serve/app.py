@@ -212,6 +212,7 @@ def create_app(generator: Generator, limits: Limits | None = None, allowed_hosts
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.reopen()  # (a second start of the same app: found by the HTTP fuzzing, whose calls each ran one)
         yield
         batcher.close()
 

@@ -82,6 +82,13 @@ class MicroBatcher(Generic[J, R]):
             self._cond.notify()
         return fut
 
+    def reopen(self) -> None:
+        """Accept jobs again after close() (an app whose lifespan starts again); its worker starts with the next job."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._closed, self._thread = False, None
+
     def stats(self) -> BatchStats:
         with self._cond:
             return BatchStats(self._submitted, self._batches, self._refused, len(self._queue), self._abandoned)

@@ -368,3 +368,12 @@ def test_a_request_whose_client_hangs_up_is_never_rendered(gen, monkeypatch):
             gate.set()
         assert first.result(60) == 200
         assert calls == [1]  # the engine ran the first request only
+
+
+def test_the_same_app_serves_again_after_its_lifespan_ended(gen):
+    """Found by the HTTP fuzzing: the app's shutdown closed its batcher for good, so an app started a second time
+    (a second TestClient, an ASGI transport per call) answered every job 503 'shutting down'."""
+    app = create_app(gen)
+    for _ in range(2):
+        with TestClient(app) as c:
+            assert c.post("/v1/style", json={"seed": 1}).status_code == 200
