@@ -98,7 +98,7 @@ def tiny_teacher(reference):
 @pytest.fixture(scope="session")
 def builtin_teacher():
     """The built-in `tiny` teacher shipped in the package (fitted to the scene family), eval mode, CPU.
-    Same architecture as `tiny_teacher`, other weights: what `--teacher tiny` loads."""
+    `tiny_teacher`'s architecture with a wider backbone, other weights: what `--teacher tiny` loads."""
     from nerfgan.teacher.checkpoint import load_teacher
 
     return load_teacher("tiny")
@@ -195,3 +195,14 @@ the process is left."""
 
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: Path(str(item.fspath)).name in LAST_MODULES)  # stable: the order is kept otherwise
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """How many examples each fuzz test ran (tests/fuzzing.py counts them), for the CI log and release notes."""
+    import sys
+
+    fuzzing = sys.modules.get("fuzzing")
+    if fuzzing is not None and fuzzing.CASES:
+        terminalreporter.write_line(f"fuzz examples run (profile {fuzzing.PROFILE}): "
+                                    + ", ".join(f"{k} {v}" for k, v in sorted(fuzzing.CASES.items()))
+                                    + f"; {sum(fuzzing.CASES.values())} in all")
