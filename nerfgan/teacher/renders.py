@@ -317,6 +317,9 @@ def _read_index(directory: Path) -> dict[str, Any]:
 
     path = directory / INDEX
     existing_file(path, "render set index")
+    if path.stat().st_size > limits.MAX_INDEX_BYTES:
+        raise InputFileError(f"{path}: larger than {limits.MAX_INDEX_BYTES >> 20} MiB (MAX_INDEX_BYTES); "
+                             "not a render set index")
     # (a shard entry is about 10 values: MAX_INDEX_VALUES allows some 100,000 shards, millions of samples)
     index = read_json(path, "render set index", limits.MAX_INDEX_BYTES, limits.MAX_INDEX_VALUES)
     if not isinstance(index, dict) or index.get("format") != FORMAT:
