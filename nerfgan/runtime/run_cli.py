@@ -271,7 +271,7 @@ def check_outputs(plan: Plan) -> None:
     """Every output path can be written (nerfgan.io.check_writable): one error line now, not after rendering."""
     for out in plan.outputs:
         parent = Path(out).parent
-        if not parent.is_dir():  # (README: a missing folder is an error, not made)
+        if not parent.exists() and not parent.is_symlink():  # (README: a missing folder is an error, not made)
             raise UsageError(f"-o {out}: the folder {parent} does not exist; make it first")
         check_writable(out)
 
