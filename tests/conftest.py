@@ -105,6 +105,20 @@ def builtin_teacher():
 
 
 @pytest.fixture(scope="session")
+def other_builtin_teacher(builtin_teacher):
+    """The built-in teacher's config with other weights (its decoder's first layer perturbed): another teacher
+    that the config checks cannot tell apart, only the weights digest. (The upstream fixture's teacher was
+    that before the built-in teacher's backbone was widened; its config now differs.)"""
+    import copy
+
+    other = copy.deepcopy(builtin_teacher)
+    with torch.no_grad():
+        w = other.decoder.net[0].weight
+        w.add_(0.05 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(7)))
+    return other.eval()
+
+
+@pytest.fixture(scope="session")
 def tiny_student_path(tmp_path_factory, builtin_teacher):
     """A tiny student file of the built-in teacher (its mapping and super-resolution, seeded random synthesis),
     recording that teacher's weights digest as the trainer does."""

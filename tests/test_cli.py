@@ -47,8 +47,10 @@ def test_render_writes_image_and_depth(teacher_file, tmp_path, capsys):
     assert code == 0, err
     a = np.asarray(Image.open(img))
     assert a.shape == (128, 128, 3) and a.dtype == np.uint8 and a.std() > 1
-    d = np.asarray(Image.open(depth))
-    assert d.shape == (64, 64) and d.max() == 255 and d.min() == 0
+    # the depth picture: the image's size (the 64 px volume render shown at 128 px) on a colour scale, with a bar
+    # and a footer under it (nerfgan.depth_picture; it was a bare 64 px grey map)
+    d = np.asarray(Image.open(depth).convert("RGB"))
+    assert d.shape[1] == 128 and d.shape[0] > 128 + 10 and len(np.unique(d[:128].reshape(-1, 3), axis=0)) > 20
 
 
 def test_render_is_deterministic_and_pose_dependent(teacher_file, tmp_path, capsys):

@@ -21,7 +21,7 @@ def faults(n=5):
 faults(1)
 before = faults()
 with keep_freed_memory() as took:
-    faults(1)
+    faults(5)  # the heap grows to the step's peak (in a few steps: a free block is not always where the next fits)
     inside = faults()
 after = faults()
 print(took, before, inside, after)
@@ -35,7 +35,7 @@ def test_inside_the_block_a_freed_block_is_reused_and_outside_it_is_not():
     if not took:
         pytest.skip("not glibc: mallopt is unavailable")
     assert before > 10_000  # glibc maps each freed activation afresh: its pages fault in again every step
-    assert inside < before / 20  # kept: the same pages come back
+    assert inside < before / 10  # kept: the same pages come back (at most a late heap growth of one block)
     assert after > before / 2  # and glibc's own behaviour returns after the block
 
 

@@ -31,9 +31,7 @@ from conftest import UNTRAINED_INT8_MIN_PSNR, invoke
 from nerfgan.cli import export_main, main, run_main
 from nerfgan.errors import InputFileError, OutputError, UsageError
 
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
-                 if p), None)
+from chromium_driver import CHROMEDRIVER, CHROMIUM, chromium
 try:
     import selenium.webdriver as webdriver
 except ImportError:
@@ -86,21 +84,8 @@ def reference(web_export, tmp_path_factory):
 
 @pytest.fixture
 def browser():
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,1000",
-                "--disable-extensions", "--no-first-run"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    driver.set_script_timeout(WAIT_S)
-    try:
+    with chromium("900,1000", WAIT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

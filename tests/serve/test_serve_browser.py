@@ -18,9 +18,7 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'nerfg
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'nerfgan[serve]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
 
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
-                 if p), None)
+from chromium_driver import CHROMEDRIVER, CHROMIUM, chromium
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not os.path.isfile(CHROMEDRIVER), reason="needs chromedriver (apt-get install chromium-driver)"),
@@ -31,21 +29,8 @@ WAIT_S = 90  # every wait is bounded; rendering shares 2 busy cores here
 
 @pytest.fixture
 def browser():
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,900",
-                "--disable-extensions", "--no-first-run"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    driver.set_script_timeout(WAIT_S)
-    try:
+    with chromium("900,900", WAIT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

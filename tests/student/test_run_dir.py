@@ -118,7 +118,7 @@ def test_a_new_run_leaves_a_finished_student_alone(tmp_path, renders, builtin_te
     assert (out / "student.safetensors").read_bytes() == kept
 
 
-def test_the_held_out_cache_is_keyed_by_its_settings(tmp_path, renders, builtin_teacher, tiny_teacher):
+def test_the_held_out_cache_is_keyed_by_its_settings(tmp_path, renders, builtin_teacher, other_builtin_teacher):
     out = tmp_path / "run"
     path = out / "held_out.safetensors"
     trainer(builtin_teacher, out, renders).close()
@@ -126,9 +126,9 @@ def test_the_held_out_cache_is_keyed_by_its_settings(tmp_path, renders, builtin_
     before = path.stat().st_mtime_ns
     trainer(builtin_teacher, out, renders).close()  # same settings: reused
     assert path.stat().st_mtime_ns == before
-    with trainer(tiny_teacher, out, renders) as t:  # same seed and n, another teacher: rendered again
+    with trainer(other_builtin_teacher, out, renders) as t:  # same seed and n, another teacher: rendered again
         assert path.read_bytes() != first
-        assert torch.equal(t.held_out["image"], teacher_batch(tiny_teacher, EVAL_SEED_OFFSET, np.arange(2),
+        assert torch.equal(t.held_out["image"], teacher_batch(other_builtin_teacher, EVAL_SEED_OFFSET, np.arange(2),
                                                               t.cfg.pose)["image"])
 
 

@@ -17,9 +17,9 @@ from nerfgan.teacher.identity import TEACHER_KEY, check_same_teacher
 
 
 @pytest.fixture(scope="module")
-def other_teacher(tmp_path_factory, tiny_teacher):
-    """The upstream fixture's EG3D: the built-in teacher's architecture and config, other weights."""
-    return save_teacher(tiny_teacher, tmp_path_factory.mktemp("other") / "other.safetensors")
+def other_teacher(tmp_path_factory, other_builtin_teacher):
+    """The built-in teacher's architecture and config, other weights."""
+    return save_teacher(other_builtin_teacher, tmp_path_factory.mktemp("other") / "other.safetensors")
 
 
 def check(**kw):

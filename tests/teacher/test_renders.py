@@ -57,9 +57,9 @@ def no_temporaries(directory) -> bool:
     return not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_shapes_dtypes_and_index(ref_set, tiny_teacher):
+def test_shapes_dtypes_and_index(ref_set, builtin_teacher):
     rs = RenderSet.open(ref_set)
-    cfg = tiny_teacher.config
+    cfg = builtin_teacher.config  # ref_set is the built-in teacher's (no longer the fixture's config)
     R, H = cfg.neural_rendering_resolution, cfg.img_resolution
     assert len(rs) == 4 and len(rs.shard_entries) == 2 and rs.seed == 0
     assert rs.config == cfg and rs.dist == PoseDistribution()
