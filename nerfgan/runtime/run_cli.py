@@ -539,12 +539,11 @@ def _run_mix(engine: str, mix: str | None, mix_from: int | None, teacher_path: s
                                "teacher": teacher_path, "yaw": yaw, "pitch": pitch, "truncation": truncation}))
         return
     check_writable(output, "image")
-    from nerfgan.student.checkpoint import load_student
     from nerfgan.io import save_png
     from nerfgan.student.mixing import mix_grid
 
-    k = mix_from if mix_from is not None else int(load_student(engine).synthesis.num_ws) // 2
-    save_png(output, mix_grid(engine, (ends[0], ends[1]), k, yaw, pitch, truncation, teacher_path))
+    grid, k = mix_grid(engine, (ends[0], ends[1]), mix_from, yaw, pitch, truncation, teacher_path)
+    save_png(output, grid)
     click.echo(f"wrote {output}: seeds {ends[0]} and {ends[1]} mixed from the student's layer {k}"
                + (f", with the teacher {teacher_path}" if teacher_path else ""))
 

@@ -76,9 +76,10 @@ def mix_layers(num_ws_student: int, num_ws_teacher: int, k: int) -> dict[str, in
             "teacher_layer": teacher_layer(k, num_ws_student, num_ws_teacher), "teacher_layers": num_ws_teacher}
 
 
-def mix_grid(student_path: str, seeds: tuple[int, int], mix_from: int, yaw: float, pitch: float, psi: float,
-             teacher_path: str | None = None) -> np.ndarray:
-    """A captioned uint8 grid: a student row (A, mixed, B) and, with a teacher, the teacher's row below it."""
+def mix_grid(student_path: str, seeds: tuple[int, int], mix_from: int | None, yaw: float, pitch: float, psi: float,
+             teacher_path: str | None = None) -> tuple[np.ndarray, int]:
+    """A captioned uint8 grid (a student row: A, mixed, B; with a teacher, the teacher's row below it) and the
+    student layer it mixed from (``mix_from``, or half of the layers when None)."""
     from nerfgan import camera
     from nerfgan.captions import caption_grid
     from nerfgan.io import to_uint8
@@ -87,19 +88,21 @@ def mix_grid(student_path: str, seeds: tuple[int, int], mix_from: int, yaw: floa
     from nerfgan.student.invert import _map_frontal, camera_for
 
     student = load_student(student_path).eval()
+    n_s = int(student.synthesis.num_ws)
+    mix_from = n_s // 2 if mix_from is None else mix_from
     z = [torch.from_numpy(z_from_seed(s, student.config.teacher.z_dim)) for s in seeds]
     c = torch.from_numpy(camera_for(student, yaw, pitch))
     w_a, w_b = (_map_frontal(student, zz, psi) for zz in z)
     rows = [list(to_uint8(mix_student(student, w_a, w_b, c, mix_from).numpy()))]
     labels = ["student"]
-    n_s = int(student.synthesis.num_ws)
     note = f"student: layers 0-{mix_from - 1} of {n_s} from seed {seeds[0]}, {mix_from}-{n_s - 1} from seed {seeds[1]}"
     if teacher_path is not None:
-        from nerfgan.teacher.checkpoint import load_teacher, read_safetensors_header, weights_digest
+        from nerfgan.student.checkpoint import read_student_metadata
+        from nerfgan.teacher.checkpoint import load_teacher, weights_digest
         from nerfgan.teacher.identity import TEACHER_KEY, check_same_teacher
 
         teacher = load_teacher(teacher_path).eval()
-        _, meta = read_safetensors_header(student_path, "student checkpoint")
+        meta = read_student_metadata(student_path)
         check_same_teacher(teacher=teacher_path, teacher_config_json=teacher.config.to_json(),
                            teacher_digest=weights_digest(teacher), engine=student_path,
                            engine_config_json=meta.get("config"), engine_teacher_digest=meta.get(TEACHER_KEY))
@@ -115,4 +118,4 @@ def mix_grid(student_path: str, seeds: tuple[int, int], mix_from: int, yaw: floa
         note += f"; teacher: layers 0-{k_t - 1} of {n_t} from seed {seeds[0]}, {k_t}-{n_t - 1} from seed {seeds[1]}"
     cols = [f"seed {seeds[0]}", f"mixed: coarse {seeds[0]}, fine {seeds[1]}", f"seed {seeds[1]}"]
     footer = f"style mixing at yaw {yaw:g}, pitch {pitch:g}, truncation {psi:g}; {note}"
-    return caption_grid(rows, columns=cols, rows=labels, footer=footer)
+    return caption_grid(rows, columns=cols, rows=labels, footer=footer), mix_from
